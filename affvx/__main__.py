@@ -1,0 +1,3 @@
+from affvx.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `affvx` command line: parse, call one library function, render. Nothing imports cli."""

@@ -1,0 +1,77 @@
+"""The root of the `affvx` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from affvx import __version__
+from affvx.cli import data, folds
+from affvx.cli._errors import USER_ERRORS, print_error
+
+app = typer.Typer(
+    name="affvx",
+    help="Cross-validation experiments for continuous emotion recognition (valence, arousal).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(data.app, name="data")
+app.command("folds")(folds.folds_command)
+
+_debug = False
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"affvx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Cross-validation experiments for continuous emotion recognition (valence, arousal)."""
+    global _debug
+    _debug = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script: exit 0 done, 1 jobs failed, 2 bad input."""
+    try:
+        result = app(args=argv, prog_name="affvx", standalone_mode=False)
+    except typer.Abort:
+        print_error("aborted")
+        sys.exit(130)
+    except typer.TyperException as error:  # a usage error: bad option, missing argument
+        context = getattr(error, "ctx", None)
+        where = context.command_path if context else "affvx"
+        print_error(f"{error.format_message()} (see '{where} --help')")
+        sys.exit(getattr(error, "exit_code", 2))
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        sys.exit(130)
+    except USER_ERRORS as error:
+        if _debug:
+            raise
+        print_error(error)
+        sys.exit(2)
+    except OSError as error:
+        if _debug:
+            raise
+        print_error(_describe_os_error(error))
+        sys.exit(2)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _describe_os_error(error: OSError) -> str:
+    reason = error.strerror or str(error)
+    if error.filename:
+        return f"{error.filename}: {reason}"
+    return reason
