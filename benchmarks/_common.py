@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmark scripts: machine description, tables, child processes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "out"
+VA_TRIALS = Path(__file__).resolve().parents[1] / "affvx" / "storage" / "data" / "va_trials.csv"
+
+
+def machine() -> str:
+    """One line naming the machine the figures come from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} CPUs, {mem_gb:.0f} GiB, Python {platform.python_version()}"
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class CommandRun:
+    """Wall time and peak resident memory of one child process."""
+
+    seconds: float
+    max_rss_mb: float
+    returncode: int
+
+
+def run_measured(args: list[str], **kwargs: object) -> CommandRun:
+    """Run a command; report its wall time and its own peak RSS (from wait4)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(args, **kwargs)  # type: ignore[call-overload]
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return CommandRun(seconds, usage.ru_maxrss / 1024, process.returncode)
+
+
+def affvx_command(*args: str) -> list[str]:
+    """The affvx CLI of the interpreter running the benchmark."""
+    return [sys.executable, "-m", "affvx", *args]
+
+
+def best_of(repeats: int, fn) -> float:  # type: ignore[no-untyped-def]
+    """The best (smallest) of `repeats` timings of fn(), in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.min(times))
