@@ -25,10 +25,17 @@ def main() -> None:
     shutil.rmtree(store, ignore_errors=True)
     OUT.mkdir(parents=True, exist_ok=True)
     commands = [
-        ("data synth --from-list va_trials.csv --scale 1.0",
-         affvx_command("data", "synth", str(store), "--from-list", str(VA_TRIALS), "--scale", "1.0")),
+        (
+            "data synth --from-list va_trials.csv --scale 1.0",
+            affvx_command(
+                "data", "synth", str(store), "--from-list", str(VA_TRIALS), "--scale", "1.0"
+            ),
+        ),
         ("data info", affvx_command("data", "info", str(store))),
-        ("data info --verify (SHA-256 of every file)", affvx_command("data", "info", str(store), "--verify")),
+        (
+            "data info --verify (SHA-256 of every file)",
+            affvx_command("data", "info", str(store), "--verify"),
+        ),
         ("folds --protocol abaw2 --json", affvx_command("folds", str(store), "--json")),
     ]
     rows = []
@@ -37,10 +44,18 @@ def main() -> None:
         if run.returncode != 0:
             raise SystemExit(f"{label} failed with exit code {run.returncode}")
         rows.append([f"`affvx {label}`", f"{run.seconds:.1f}", f"{run.max_rss_mb:,.0f}"])
-    info = json.loads(subprocess.run(affvx_command("data", "info", str(store), "--json"),
-                                     capture_output=True, text=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            affvx_command("data", "info", str(store), "--json"),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     print(f"machine: {machine()}")
-    print(f"store: {info['trials']} trials, {info['frames']:,} frames, {info['bytes'] / 2**30:.2f} GiB\n")
+    print(
+        f"store: {info['trials']} trials, {info['frames']:,} frames, {info['bytes'] / 2**30:.2f} GiB\n"
+    )
     print(markdown_table(["command", "seconds", "peak RSS MiB"], rows))
     if not args.keep:
         shutil.rmtree(store)

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, VA_TRIALS, machine, markdown_table  # noqa: E402
+from _common import machine, markdown_table  # noqa: E402
 from store_windows import MODALITIES, ensure_store  # noqa: E402
 
 
@@ -48,7 +48,10 @@ def measure(store_path: Path, n_readers: int, mode: str) -> tuple[float, float]:
     context = mp.get_context("spawn")
     ready = context.Barrier(n_readers + 1)
     release = context.Barrier(n_readers + 1)
-    processes = [context.Process(target=reader, args=(str(store_path), mode, ready, release)) for _ in range(n_readers)]
+    processes = [
+        context.Process(target=reader, args=(str(store_path), mode, ready, release))
+        for _ in range(n_readers)
+    ]
     for process in processes:
         process.start()
     ready.wait()
@@ -72,14 +75,30 @@ def main() -> None:
         one_pss, one_rss = measure(store_path, 1, mode)
         many_pss, many_rss = measure(store_path, args.readers, mode)
         results[mode] = many_pss / one_pss
-        rows.append([label, f"{one_pss:,.0f}", f"{many_pss:,.0f}", f"{many_rss:,.0f}", f"{many_pss / one_pss:.2f}"])
+        rows.append(
+            [
+                label,
+                f"{one_pss:,.0f}",
+                f"{many_pss:,.0f}",
+                f"{many_rss:,.0f}",
+                f"{many_pss / one_pss:.2f}",
+            ]
+        )
     print(f"machine: {machine()}")
     print(f"store: {store_path}; modalities read: {', '.join(MODALITIES)}\n")
     n = args.readers
-    print(markdown_table(
-        ["loader", "1 reader PSS MiB", f"{n} readers PSS MiB (sum)", f"{n} readers RSS MiB (sum)", f"{n} / 1"],
-        rows,
-    ))
+    print(
+        markdown_table(
+            [
+                "loader",
+                "1 reader PSS MiB",
+                f"{n} readers PSS MiB (sum)",
+                f"{n} readers RSS MiB (sum)",
+                f"{n} / 1",
+            ],
+            rows,
+        )
+    )
     print(f"\nstore: {n} readers use {results['mmap']:.2f}x one reader (target <= 1.5x)")
 
 

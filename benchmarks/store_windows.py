@@ -66,7 +66,9 @@ def sample_windows(store: FeatureStore, n: int, seed: int = 0) -> list[tuple[str
     return [(names[i], int(rng.integers(0, store.n_frames(names[i]) - WINDOW + 1))) for i in picks]
 
 
-def run_store(store: FeatureStore, windows: list[tuple[str, int]], buffers: list[np.ndarray]) -> None:
+def run_store(
+    store: FeatureStore, windows: list[tuple[str, int]], buffers: list[np.ndarray]
+) -> None:
     for trial, start in windows:
         for buffer, view in zip(buffers, store.window(trial, start, WINDOW, MODALITIES)):
             np.copyto(buffer, view)
@@ -115,7 +117,9 @@ def main() -> None:
     windows = sample_windows(store, args.samples)
     few = windows[: max(args.samples // 10, 100)]
     total_rows = sum(store.n_frames(t) for t in store.trial_names)
-    sources = [np.random.default_rng(1).standard_normal((total_rows, d), dtype=np.float32) for d in dims]
+    sources = [
+        np.random.default_rng(1).standard_normal((total_rows, d), dtype=np.float32) for d in dims
+    ]
     starts = np.random.default_rng(2).integers(0, total_rows - WINDOW, size=args.samples)
 
     store_rate = rate(lambda: run_store(store, windows, buffers), len(windows))
@@ -127,15 +131,30 @@ def main() -> None:
     print(f"store: {store.path} ({len(store.trial_names)} trials, {total_rows:,} frames)")
     print(f"window: {WINDOW} frames of {', '.join(MODALITIES)} = {window_mb * 1024:.0f} KiB\n")
     rows = [
-        ["affvx store (mmap views + copy)", f"{store_rate:,.0f}", f"{store_rate * window_mb / 1024:.2f}", "1.00"],
-        ["seed 002: np.load per sample", f"{npy_rate:,.0f}", f"{npy_rate * window_mb / 1024:.2f}",
-         f"{npy_rate / store_rate:.3f}"],
-        ["memcpy from RAM (bound)", f"{memcpy_rate:,.0f}", f"{memcpy_rate * window_mb / 1024:.2f}",
-         f"{memcpy_rate / store_rate:.2f}"],
+        [
+            "affvx store (mmap views + copy)",
+            f"{store_rate:,.0f}",
+            f"{store_rate * window_mb / 1024:.2f}",
+            "1.00",
+        ],
+        [
+            "seed 002: np.load per sample",
+            f"{npy_rate:,.0f}",
+            f"{npy_rate * window_mb / 1024:.2f}",
+            f"{npy_rate / store_rate:.3f}",
+        ],
+        [
+            "memcpy from RAM (bound)",
+            f"{memcpy_rate:,.0f}",
+            f"{memcpy_rate * window_mb / 1024:.2f}",
+            f"{memcpy_rate / store_rate:.2f}",
+        ],
     ]
     print(markdown_table(["way", "windows/s", "GiB/s", "vs store"], rows))
-    print(f"\nstore / npy = {store_rate / npy_rate:.1f}x (target >= 10x); "
-          f"store / memcpy = {store_rate / memcpy_rate:.2f} (target >= 0.5)")
+    print(
+        f"\nstore / npy = {store_rate / npy_rate:.1f}x (target >= 10x); "
+        f"store / memcpy = {store_rate / memcpy_rate:.2f} (target >= 0.5)"
+    )
 
 
 if __name__ == "__main__":

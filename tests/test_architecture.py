@@ -53,7 +53,10 @@ def test_no_relative_imports_hide_an_edge() -> None:
     relative = [
         str(path.relative_to(PACKAGE.parent))
         for path in PACKAGE.rglob("*.py")
-        if any(isinstance(n, ast.ImportFrom) and n.level > 0 for n in ast.walk(ast.parse(path.read_text())))
+        if any(
+            isinstance(n, ast.ImportFrom) and n.level > 0
+            for n in ast.walk(ast.parse(path.read_text()))
+        )
     ]
     assert relative == []
 

@@ -25,7 +25,9 @@ def synth_command(
         None, "--from-list", help="Trial list CSV (trial,partition,frames,fps,...)."
     ),
     scale: float = typer.Option(
-        None, "--scale", help="Shrink frame counts by this factor [default: 1.0 with --from-list, else 0.1]."
+        None,
+        "--scale",
+        help="Shrink frame counts by this factor [default: 1.0 with --from-list, else 0.1].",
     ),
     visual_dim: int = typer.Option(128, "--visual-dim", help="Width of the visual features."),
 ) -> None:
@@ -82,23 +84,33 @@ def _parse_rates(values: list[str]) -> dict[str, float]:
         except ValueError:
             rate = -1.0
         if not name or rate <= 0:
-            raise typer.BadParameter(f"{value!r}: use MODALITY=HZ, e.g. mfcc=100", param_hint="--rate")
+            raise typer.BadParameter(
+                f"{value!r}: use MODALITY=HZ, e.g. mfcc=100", param_hint="--rate"
+            )
         rates[name.strip()] = rate
     return rates
 
 
 @app.command("ingest-affwild2")
 def ingest_command(
-    root: Path = typer.Argument(..., help="Aff-Wild2 tree (annotations/, npy_data/, features/ ...)."),
+    root: Path = typer.Argument(
+        ..., help="Aff-Wild2 tree (annotations/, npy_data/, features/ ...)."
+    ),
     store: Path = typer.Argument(..., help="Path of the new store (must not exist)."),
     modalities: str = typer.Option(None, "--modalities", help="Comma-separated subset to ingest."),
     rate: list[str] = typer.Option(
-        [], "--rate", help="Native rate of a features/ modality, MODALITY=HZ (default: video rate)."
+        [],
+        "--rate",
+        help="Native rate of a features/ modality, MODALITY=HZ (default: video rate).",
     ),
     trial_list: Path = typer.Option(
-        None, "--trial-list", help="CSV with trial,partition,frames,fps (frame rates, test lengths)."
+        None,
+        "--trial-list",
+        help="CSV with trial,partition,frames,fps (frame rates, test lengths).",
     ),
-    wav_dir: Path = typer.Option(None, "--wav-dir", help="Folder of <video>.wav for --audio-features."),
+    wav_dir: Path = typer.Option(
+        None, "--wav-dir", help="Folder of <video>.wav for --audio-features."
+    ),
     audio_features: str = typer.Option(
         None, "--audio-features", help="Compute from audio with openSMILE: egemaps,mfcc."
     ),
@@ -127,10 +139,14 @@ def ingest_command(
 
 @app.command("audio")
 def audio_command(
-    wav_dir: Path = typer.Argument(..., help="Folder of <video>.wav (or <partition>/<video>.wav)."),
+    wav_dir: Path = typer.Argument(
+        ..., help="Folder of <video>.wav (or <partition>/<video>.wav)."
+    ),
     store: Path = typer.Argument(..., help="An existing store to add the audio features to."),
     features: str = typer.Option("egemaps,mfcc", "--features", help="egemaps and/or mfcc."),
-    out: Path = typer.Option(None, "--out", help="Write a new store here instead of replacing STORE."),
+    out: Path = typer.Option(
+        None, "--out", help="Write a new store here instead of replacing STORE."
+    ),
     max_pad_s: float = typer.Option(
         1.0, "--max-pad-s", help="Most seconds of audio features that may be padded at the end."
     ),
@@ -143,7 +159,11 @@ def audio_command(
 
     with progress_bar("extracting audio features") as update:
         path = add_audio_features(
-            store, wav_dir, list(_split_names(features) or ()), out=out, max_pad_s=max_pad_s,
+            store,
+            wav_dir,
+            list(_split_names(features) or ()),
+            out=out,
+            max_pad_s=max_pad_s,
             on_trial=update,
         )
     note(f"wrote {path}")

@@ -73,9 +73,16 @@ class FoldTable:
             }
             if by_name:
                 entry["n_val_frames"] = sum(by_name[t].n_frames for t in fold.validation)
-                entry["n_val_labelled_frames"] = sum(by_name[t].n_labelled for t in fold.validation)
+                entry["n_val_labelled_frames"] = sum(
+                    by_name[t].n_labelled for t in fold.validation
+                )
             folds.append(entry)
-        return {"protocol": self.protocol, "seed": self.seed, "n_folds": len(folds), "folds": folds}
+        return {
+            "protocol": self.protocol,
+            "seed": self.seed,
+            "n_folds": len(folds),
+            "folds": folds,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FoldTable:
@@ -112,7 +119,9 @@ def make_folds(
 
 
 def _abaw2_folds(trials: Sequence[TrialSummary], n_folds: int) -> tuple[Fold, ...]:
-    train = sorted((t.trial for t in trials if t.partition == "Train_Set"), key=lambda n: n + ".txt")
+    train = sorted(
+        (t.trial for t in trials if t.partition == "Train_Set"), key=lambda n: n + ".txt"
+    )
     validation = sorted(
         (t.trial for t in trials if t.partition == "Validation_Set"), key=lambda n: n + ".txt"
     )

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in directory `path` durable."""
+def fsync_path(path: Path) -> None:
+    """fsync a file's data, or a directory's entries (making a rename in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -46,7 +46,7 @@ def atomic_file(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
@@ -84,7 +84,7 @@ def create_exclusive_bytes(path: Path | str, data: bytes) -> bool:
             os.link(tmp_name, path)
         except FileExistsError:
             return False
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
         return True
     finally:
         os.unlink(tmp_name)
@@ -106,20 +106,12 @@ def staged_directory(final: Path | str) -> Iterator[Path]:
         yield staging
         for child in staging.iterdir():
             if child.is_file():
-                _fsync_file(child)
-        fsync_dir(staging)
+                fsync_path(child)
+        fsync_path(staging)
         if final.exists() or final.is_symlink():
             raise FileExistsError(final)
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    fsync_dir(final.parent)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(final.parent)

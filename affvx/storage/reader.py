@@ -92,7 +92,9 @@ class FeatureStore:
         try:
             table = pq.read_table(path)
         except (OSError, pa.ArrowException) as error:
-            raise DamagedStoreError(f"{path}: damaged or missing ({error}); rebuild the store") from None
+            raise DamagedStoreError(
+                f"{path}: damaged or missing ({error}); rebuild the store"
+            ) from None
         columns = {name: table.column(name).to_numpy() for name in _SCALAR_COLUMNS}
         if len(columns["trial"]) != self.manifest["n_trials"]:
             raise DamagedStoreError(
@@ -191,10 +193,14 @@ class FeatureStore:
     def label_column(self, trial: str, emotion: str) -> np.ndarray:
         """One emotion's labels for a trial (float32, NaN where invalid): a read-only view."""
         if emotion not in fmt.EMOTIONS:
-            raise StorageError(f"unknown emotion {emotion!r}: choose from {', '.join(fmt.EMOTIONS)}")
+            raise StorageError(
+                f"unknown emotion {emotion!r}: choose from {', '.join(fmt.EMOTIONS)}"
+            )
         return self._label_views[emotion][self.trial_index(trial)]
 
-    def labels(self, trial: str, emotions: list[str] | tuple[str, ...] = fmt.EMOTIONS) -> np.ndarray:
+    def labels(
+        self, trial: str, emotions: list[str] | tuple[str, ...] = fmt.EMOTIONS
+    ) -> np.ndarray:
         """Labels of a trial as an (n_frames, len(emotions)) float32 array (a copy)."""
         return np.stack([self.label_column(trial, e) for e in emotions], axis=1)
 

@@ -160,7 +160,9 @@ def _partition_shares(rows: list[TrialRow], n_wanted: int) -> dict[str, int]:
         p: min(counts[p], max(minimum[p], round(n_wanted * counts[p] / len(rows))))
         for p in fmt.PARTITIONS
     }
-    shares["Train_Set"] = min(counts["Train_Set"], n_wanted - shares["Validation_Set"] - shares["Test_Set"])
+    shares["Train_Set"] = min(
+        counts["Train_Set"], n_wanted - shares["Validation_Set"] - shares["Test_Set"]
+    )
     return shares
 
 
@@ -198,13 +200,17 @@ class _Generator:
         for name, (matrix, offset) in self.mixing.items():
             noise_sd = np.array([NOISE_SD[name][e] for e in fmt.EMOTIONS])
             views[name] = z + noise_sd * smooth_noise(rng, n, 2, latent_sigma)
-            nuisance = smooth_noise(rng, n, NUISANCE_CHANNELS[name], NUISANCE_SMOOTHING_S * row.fps)
+            nuisance = smooth_noise(
+                rng, n, NUISANCE_CHANNELS[name], NUISANCE_SMOOTHING_S * row.fps
+            )
             mixed = np.concatenate([views[name], nuisance], axis=1) @ matrix + offset
             features[name] = mixed.astype(np.float32)
         return _TrialSample(labels=labels, views=views, features=features)
 
 
-def smooth_noise(rng: np.random.Generator, n: int, channels: int, sigma_frames: float) -> np.ndarray:
+def smooth_noise(
+    rng: np.random.Generator, n: int, channels: int, sigma_frames: float
+) -> np.ndarray:
     """`channels` independent stationary Gaussian processes of unit variance, length `n`.
 
     White noise filtered by a Gaussian kernel of standard deviation `sigma_frames` (with
@@ -234,7 +240,9 @@ def _invalid_mask(rng: np.random.Generator, n: int, row: TrialRow) -> np.ndarray
         return mask
     n_invalid = min(n_invalid, n - 1)  # keep at least one labelled frame
     runs = int(rng.integers(1, 4))
-    lengths = np.diff(np.sort(np.concatenate([[0, n_invalid], rng.integers(0, n_invalid + 1, runs - 1)])))
+    lengths = np.diff(
+        np.sort(np.concatenate([[0, n_invalid], rng.integers(0, n_invalid + 1, runs - 1)]))
+    )
     for length in lengths:
         if length == 0:
             continue
@@ -275,8 +283,14 @@ class _OracleAccumulator:
             prediction = predictor(weighted[valid])
             y = label[valid]
             moments = np.array(
-                [len(y), prediction.sum(), y.sum(), (prediction**2).sum(), (y**2).sum(),
-                 (prediction * y).sum()]
+                [
+                    len(y),
+                    prediction.sum(),
+                    y.sum(),
+                    (prediction**2).sum(),
+                    (y**2).sum(),
+                    (prediction * y).sum(),
+                ]
             )
             key = (partition, subset, emotion)
             self.sums[key] = self.sums.get(key, 0) + moments
@@ -313,7 +327,7 @@ class _OraclePredictor:
         weights = weights / weights.sum()
         post_sd = np.sqrt(1.0 / (1.0 + precision))
         self.grid = np.linspace(-8.0, 8.0, 4001)
-        self.values = (np.tanh(KAPPA * (self.grid[:, None] + post_sd * nodes) + offset) @ weights)
+        self.values = np.tanh(KAPPA * (self.grid[:, None] + post_sd * nodes) + offset) @ weights
         label = np.tanh(KAPPA * nodes + offset)
         label_mean = float(label @ weights)
         label_sd = float(np.sqrt((label - label_mean) ** 2 @ weights))
@@ -339,7 +353,9 @@ def _ccc_from_moments(moments: np.ndarray) -> float:
     return float(2 * cov / (vx + vy + (mx - my) ** 2))
 
 
-def oracle_for(manifest: dict[str, Any], modalities: list[str]) -> dict[str, dict[str, float]] | None:
+def oracle_for(
+    manifest: dict[str, Any], modalities: list[str]
+) -> dict[str, dict[str, float]] | None:
     """The oracle CCCs {partition: {emotion: ccc}} of a modality set, if the store has them."""
     table = manifest.get("oracle_ccc_by_modalities")
     if not table:

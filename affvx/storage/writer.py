@@ -144,7 +144,9 @@ class StoreWriter:
         """Append one trial: labels (n, 2) float32 with NaN, features {modality: (n, dim)}."""
         fmt.check_trial_name(trial, "trial")
         if trial in self._trials_seen:
-            raise InputDataError(f"trial {trial} added twice (first in {self._trials_seen[trial]})")
+            raise InputDataError(
+                f"trial {trial} added twice (first in {self._trials_seen[trial]})"
+            )
         if partition not in fmt.PARTITIONS:
             raise InputDataError(f"trial {trial}: unknown partition {partition!r}")
         labels = np.asarray(labels, dtype=np.float32)
@@ -201,7 +203,9 @@ class StoreWriter:
 
     def _open_writers(self) -> None:
         assert self._staging is not None
-        self._schemas[fmt.LABELS_FILE] = pa.schema([pa.field(e, pa.float32()) for e in fmt.EMOTIONS])
+        self._schemas[fmt.LABELS_FILE] = pa.schema(
+            [pa.field(e, pa.float32()) for e in fmt.EMOTIONS]
+        )
         for name, spec in self.modalities.items():
             value_type = pa.from_numpy_dtype(np.dtype(spec.dtype))
             self._schemas[name] = pa.schema(

@@ -16,7 +16,9 @@ from tests.conftest import VA_TRIALS
 def real_trials() -> list[TrialSummary]:
     with open(VA_TRIALS) as handle:
         return [
-            TrialSummary(r["trial"], r["partition"], r["video"], int(r["frames"]), int(r["labelled_frames"]))
+            TrialSummary(
+                r["trial"], r["partition"], r["video"], int(r["frames"]), int(r["labelled_frames"])
+            )
             for r in csv.DictReader(handle)
         ]
 
@@ -41,7 +43,11 @@ def test_abaw2_reproduces_the_seed_002_folds() -> None:
     assert sorted(table.folds[0].validation) == official
     for fold, (index, size, first, last, n_frames) in zip(table.folds, SEED_002):
         assert fold.fold == index
-        assert (len(fold.validation), fold.validation[0], fold.validation[-1]) == (size, first, last)
+        assert (len(fold.validation), fold.validation[0], fold.validation[-1]) == (
+            size,
+            first,
+            last,
+        )
         assert sum(frames[t] for t in fold.validation) == n_frames
         assert len(fold.train) == 422 - size and not set(fold.train) & set(fold.validation)
     # '-' sorts before '.', so `106-30-720x1280` precedes `106` as in seed 002's os.walk order
@@ -50,16 +56,27 @@ def test_abaw2_reproduces_the_seed_002_folds() -> None:
 
 
 def test_folds_json_on_a_store_from_the_real_list(tmp_path: Path, cli) -> None:
-    store = make_synthetic_store(tmp_path / "s", SynthConfig(trial_list=VA_TRIALS, scale=0.005, visual_dim=2))
+    store = make_synthetic_store(
+        tmp_path / "s", SynthConfig(trial_list=VA_TRIALS, scale=0.005, visual_dim=2)
+    )
     result = cli("folds", store, "--protocol", "abaw2", "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["protocol"] == "abaw2" and len(data["folds"]) == 6
     assert [f["n_val_trials"] for f in data["folds"]] == [71, 71, 70, 70, 70, 70]
     fold0 = data["folds"][0]
-    assert set(fold0) >= {"fold", "validation", "train", "n_val_trials", "n_val_frames", "n_val_labelled_frames"}
+    assert set(fold0) >= {
+        "fold",
+        "validation",
+        "train",
+        "n_val_trials",
+        "n_val_frames",
+        "n_val_labelled_frames",
+    }
     with open(VA_TRIALS) as handle:
-        official = sorted(r["trial"] for r in csv.DictReader(handle) if r["partition"] == "Validation_Set")
+        official = sorted(
+            r["trial"] for r in csv.DictReader(handle) if r["partition"] == "Validation_Set"
+        )
     assert sorted(fold0["validation"]) == official
     assert 0 < fold0["n_val_labelled_frames"] <= fold0["n_val_frames"]
     assert FoldTable.from_json(data).folds[3].validation == tuple(data["folds"][3]["validation"])

@@ -28,8 +28,10 @@ def speak(path: Path, text: str) -> float:
 def speech_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two faces of one video (shared audio, under wav/<partition>/) and one test video."""
     root = tmp_path_factory.mktemp("speech") / "tree"
-    seconds = speak(root / "wav" / "Train_Set" / f"{VIDEO}.wav",
-                    "The quick brown fox jumps over the lazy dog, twice, slowly.")
+    seconds = speak(
+        root / "wav" / "Train_Set" / f"{VIDEO}.wav",
+        "The quick brown fox jumps over the lazy dog, twice, slowly.",
+    )
     speak(root / "wav" / "6-25-320x240.wav", "A different speaker says something else entirely.")
     n_frames = int(seconds * 30) - 3
     rng = np.random.default_rng(0)
@@ -44,10 +46,18 @@ def speech_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_opensmile_features_have_one_finite_row_per_frame(speech_tree: Path, tmp_path: Path, cli) -> None:
+def test_opensmile_features_have_one_finite_row_per_frame(
+    speech_tree: Path, tmp_path: Path, cli
+) -> None:
     result = cli(
-        "data", "ingest-affwild2", speech_tree, tmp_path / "store",
-        "--wav-dir", speech_tree / "wav", "--audio-features", "egemaps,mfcc",
+        "data",
+        "ingest-affwild2",
+        speech_tree,
+        tmp_path / "store",
+        "--wav-dir",
+        speech_tree / "wav",
+        "--audio-features",
+        "egemaps,mfcc",
     )
     assert result.exit_code == 0, result.stderr
     store = FeatureStore(tmp_path / "store")
@@ -66,14 +76,20 @@ def test_opensmile_features_have_one_finite_row_per_frame(speech_tree: Path, tmp
     from affvx.storage.ingest.audio import _make_smile
 
     smile = _make_smile("egemaps")
-    reference = smile.process_file(str(speech_tree / "wav" / "Train_Set" / f"{VIDEO}.wav")).to_numpy(np.float32)
+    reference = smile.process_file(
+        str(speech_tree / "wav" / "Train_Set" / f"{VIDEO}.wav")
+    ).to_numpy(np.float32)
     n = store.n_frames(f"{VIDEO}_left")
     rows = np.minimum(np.rint(np.arange(n) / 30.0 * 100).astype(int), len(reference) - 1)
-    np.testing.assert_allclose(store.features(f"{VIDEO}_left", "egemaps"), reference[rows], rtol=1e-6)
+    np.testing.assert_allclose(
+        store.features(f"{VIDEO}_left", "egemaps"), reference[rows], rtol=1e-6
+    )
     assert store.n_frames("6-25-320x240") == 50
 
 
-def test_data_audio_adds_modalities_to_an_existing_store(speech_tree: Path, tmp_path: Path, cli) -> None:
+def test_data_audio_adds_modalities_to_an_existing_store(
+    speech_tree: Path, tmp_path: Path, cli
+) -> None:
     tree = tmp_path / "tree"
     shutil.copytree(speech_tree, tree, ignore=shutil.ignore_patterns("wav"))
     (tree / "features" / "visual").mkdir(parents=True)
@@ -101,8 +117,14 @@ def test_missing_audio_is_named(speech_tree: Path, tmp_path: Path, cli) -> None:
     wav_dir = tmp_path / "wav"
     wav_dir.mkdir()
     result = cli(
-        "data", "ingest-affwild2", speech_tree, tmp_path / "store",
-        "--wav-dir", wav_dir, "--audio-features", "mfcc",
+        "data",
+        "ingest-affwild2",
+        speech_tree,
+        tmp_path / "store",
+        "--wav-dir",
+        wav_dir,
+        "--audio-features",
+        "mfcc",
     )
     assert result.exit_code == 2
     assert f"no audio for video {VIDEO}" in result.stderr

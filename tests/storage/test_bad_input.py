@@ -26,7 +26,10 @@ def make_tree(root: Path) -> Path:
     for modality, dim in (("visual", 4), ("mfcc", 3)):
         (root / "features" / modality).mkdir(parents=True, exist_ok=True)
         for trial in ("1-30-640x360", "2-30-640x360", "3-30-640x360", "4-30-640x360"):
-            np.save(root / "features" / modality / f"{trial}.npy", rng.normal(size=(40, dim)).astype(np.float32))
+            np.save(
+                root / "features" / modality / f"{trial}.npy",
+                rng.normal(size=(40, dim)).astype(np.float32),
+            )
     return root
 
 
@@ -105,7 +108,11 @@ INGEST_CASES = {
         "row 0 holds NaN or inf",
     ),
     "inf in features": (
-        _save_feature("mfcc", "3-30-640x360", np.where(np.arange(120).reshape(40, 3) == 61, np.inf, 0).astype(np.float32)),
+        _save_feature(
+            "mfcc",
+            "3-30-640x360",
+            np.where(np.arange(120).reshape(40, 3) == 61, np.inf, 0).astype(np.float32),
+        ),
         "row 20 holds NaN or inf",
     ),
     "dimension differs": (
@@ -148,16 +155,28 @@ def test_the_valid_tree_ingests(tmp_path: Path, cli) -> None:
 
 def test_unknown_modality(tmp_path: Path, cli) -> None:
     root = make_tree(tmp_path / "tree")
-    result = cli("data", "ingest-affwild2", root, tmp_path / "store", "--modalities", "visual,faces")
+    result = cli(
+        "data", "ingest-affwild2", root, tmp_path / "store", "--modalities", "visual,faces"
+    )
     assert_clean_failure(result, tmp_path, "store", "unknown modality 'faces'", "has mfcc, visual")
 
 
 def test_unknown_audio_feature(tmp_path: Path, cli) -> None:
     root = make_tree(tmp_path / "tree")
     (root / "wav").mkdir()
-    result = cli("data", "ingest-affwild2", root, tmp_path / "store", "--wav-dir", root / "wav",
-                 "--audio-features", "pitch")
-    assert_clean_failure(result, tmp_path, "store", "unknown audio feature 'pitch'", "egemaps, mfcc")
+    result = cli(
+        "data",
+        "ingest-affwild2",
+        root,
+        tmp_path / "store",
+        "--wav-dir",
+        root / "wav",
+        "--audio-features",
+        "pitch",
+    )
+    assert_clean_failure(
+        result, tmp_path, "store", "unknown audio feature 'pitch'", "egemaps, mfcc"
+    )
 
 
 def test_existing_store_path(tmp_path: Path, cli) -> None:
@@ -182,7 +201,10 @@ def _trial_list_with(tmp_path: Path, extra_line: str) -> Path:
     "extra_line, message",
     [
         ("../x,Train_Set,x,100,30.0,100", "trial name '../x' is not allowed"),
-        ("10-60-1280x720,Train_Set,10-60-1280x720,2501,30.0,2502", "duplicate trial 10-60-1280x720"),
+        (
+            "10-60-1280x720,Train_Set,10-60-1280x720,2501,30.0,2502",
+            "duplicate trial 10-60-1280x720",
+        ),
         ("zz,Holdout,zz,100,30.0,100", "unknown partition 'Holdout'"),
         ("zz,Train_Set,zz,many,30.0,100", "frames 'many' is not a whole number"),
     ],
@@ -197,7 +219,13 @@ def test_trial_list_without_required_header(tmp_path: Path, cli) -> None:
     path = tmp_path / "list.csv"
     path.write_text("name,split\nx,Train_Set\n")
     result = cli("data", "synth", tmp_path / "store", "--from-list", path)
-    assert_clean_failure(result, tmp_path, "store", str(path), "header lacks column(s) trial, partition, frames, fps")
+    assert_clean_failure(
+        result,
+        tmp_path,
+        "store",
+        str(path),
+        "header lacks column(s) trial, partition, frames, fps",
+    )
 
 
 def test_more_folds_than_trials(small_store: Path, cli) -> None:

@@ -18,7 +18,9 @@ def assert_same_store(source: FeatureStore, ingested: FeatureStore) -> None:
     for trial in source.trial_names:
         assert ingested.trial_info(trial).partition == source.trial_info(trial).partition
         for modality in source.modalities:
-            np.testing.assert_array_equal(ingested.features(trial, modality), source.features(trial, modality))
+            np.testing.assert_array_equal(
+                ingested.features(trial, modality), source.features(trial, modality)
+            )
         expected, got = source.labels(trial), ingested.labels(trial)
         np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
         np.testing.assert_array_equal(got[~np.isnan(got)], expected[~np.isnan(expected)])
@@ -29,8 +31,16 @@ def test_annotation_layout_round_trip(small_store: Path, tmp_path: Path, cli) ->
     write_annotation_tree(source, tmp_path / "tree", rates_hz={"mfcc": 100.0, "egemaps": 100.0})
     trial_list = write_trial_list(source, tmp_path / "trials.csv")
     result = cli(
-        "data", "ingest-affwild2", tmp_path / "tree", tmp_path / "store",
-        "--rate", "mfcc=100", "--rate", "egemaps=100", "--trial-list", trial_list,
+        "data",
+        "ingest-affwild2",
+        tmp_path / "tree",
+        tmp_path / "store",
+        "--rate",
+        "mfcc=100",
+        "--rate",
+        "egemaps=100",
+        "--trial-list",
+        trial_list,
     )
     assert result.exit_code == 0, result.stderr
     ingested = FeatureStore(tmp_path / "store")
@@ -59,7 +69,9 @@ def test_minus_five_becomes_nan_and_lengths_follow_the_annotation(tmp_path: Path
         "valence,arousal\n0.5,-0.25\n-5,-5\n1,-1\n-0.125,0.0\n"
     )
     (root / "features/visual").mkdir(parents=True)
-    np.save(root / "features/visual/1-30-640x360.npy", np.arange(6, dtype=np.float32).reshape(3, 2))
+    np.save(
+        root / "features/visual/1-30-640x360.npy", np.arange(6, dtype=np.float32).reshape(3, 2)
+    )
     np.save(root / "features/visual/2-30-640x360.npy", np.ones((5, 2), dtype=np.float32))
     result = cli("data", "ingest-affwild2", root, tmp_path / "store")
     assert result.exit_code == 0, result.stderr
@@ -77,8 +89,12 @@ def test_minus_five_becomes_nan_and_lengths_follow_the_annotation(tmp_path: Path
 
 
 def test_modalities_option_keeps_only_the_chosen(small_store: Path, tmp_path: Path, cli) -> None:
-    write_annotation_tree(FeatureStore(small_store), tmp_path / "tree", modalities=["visual", "vggish"])
-    result = cli("data", "ingest-affwild2", tmp_path / "tree", tmp_path / "store", "--modalities", "vggish")
+    write_annotation_tree(
+        FeatureStore(small_store), tmp_path / "tree", modalities=["visual", "vggish"]
+    )
+    result = cli(
+        "data", "ingest-affwild2", tmp_path / "tree", tmp_path / "store", "--modalities", "vggish"
+    )
     assert result.exit_code == 0, result.stderr
     assert FeatureStore(tmp_path / "store").modalities == {"vggish": 128}
 
@@ -87,7 +103,9 @@ def test_modalities_option_keeps_only_the_chosen(small_store: Path, tmp_path: Pa
 def test_csv_features_with_a_header_are_read(tmp_path: Path, cli, suffix: str) -> None:
     root = tmp_path / "tree"
     (root / "annotations/VA_Set/Validation_Set").mkdir(parents=True)
-    (root / "annotations/VA_Set/Validation_Set/7.txt").write_text("valence,arousal\n0.1,0.2\n0.3,0.4\n")
+    (root / "annotations/VA_Set/Validation_Set/7.txt").write_text(
+        "valence,arousal\n0.1,0.2\n0.3,0.4\n"
+    )
     (root / "features/au").mkdir(parents=True)
     (root / f"features/au/7{suffix}").write_text("AU01,AU02\n0.5,1.5\n2.5,3.5\n")
     result = cli("data", "ingest-affwild2", root, tmp_path / "store")

@@ -32,12 +32,19 @@ def _write(path: Path, sizes: dict[str, tuple[str, int]]) -> dict[str, tuple[np.
     with StoreWriter(path, specs, provenance={"test": True}) as writer:
         for trial, (partition, n) in sizes.items():
             labels, features = _trial_data(rng, n)
-            writer.add_trial(trial=trial, partition=partition, fps=30.0, labels=labels, features=features)
+            writer.add_trial(
+                trial=trial, partition=partition, fps=30.0, labels=labels, features=features
+            )
             written[trial] = (labels, features)
     return written
 
 
-SIZES = {"a": ("Train_Set", 50), "b_left": ("Train_Set", 70), "c": ("Validation_Set", 40), "d": ("Test_Set", 33)}
+SIZES = {
+    "a": ("Train_Set", 50),
+    "b_left": ("Train_Set", 70),
+    "c": ("Validation_Set", 40),
+    "d": ("Test_Set", 33),
+}
 
 
 def test_round_trip_keeps_every_value(tmp_path: Path) -> None:
@@ -82,8 +89,13 @@ def test_failed_build_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         with StoreWriter(tmp_path / "s", [ModalitySpec("visual", 8)]) as writer:
             labels, features = _trial_data(np.random.default_rng(1), 10)
-            writer.add_trial(trial="a", partition="Train_Set", fps=30.0, labels=labels,
-                             features={"visual": features["visual"]})
+            writer.add_trial(
+                trial="a",
+                partition="Train_Set",
+                fps=30.0,
+                labels=labels,
+                features={"visual": features["visual"]},
+            )
             raise RuntimeError("interrupted")
     assert leftovers(tmp_path, "s") == []
 
@@ -93,15 +105,27 @@ def test_bad_trials_are_refused_before_anything_is_stored(tmp_path: Path) -> Non
     labels, features = _trial_data(rng, 10)
     broken = dict(features, visual=np.full((10, 8), np.nan, dtype=np.float32))
     with pytest.raises(InputDataError, match="NaN or inf"):
-        with StoreWriter(tmp_path / "s", [ModalitySpec("visual", 8), ModalitySpec("mfcc", 5)]) as w:
+        with StoreWriter(
+            tmp_path / "s", [ModalitySpec("visual", 8), ModalitySpec("mfcc", 5)]
+        ) as w:
             w.add_trial(trial="a", partition="Train_Set", fps=30.0, labels=labels, features=broken)
     with pytest.raises(InputDataError, match="added twice"):
-        with StoreWriter(tmp_path / "s", [ModalitySpec("visual", 8), ModalitySpec("mfcc", 5)]) as w:
-            w.add_trial(trial="a", partition="Train_Set", fps=30.0, labels=labels, features=features)
-            w.add_trial(trial="a", partition="Test_Set", fps=30.0, labels=labels, features=features)
+        with StoreWriter(
+            tmp_path / "s", [ModalitySpec("visual", 8), ModalitySpec("mfcc", 5)]
+        ) as w:
+            w.add_trial(
+                trial="a", partition="Train_Set", fps=30.0, labels=labels, features=features
+            )
+            w.add_trial(
+                trial="a", partition="Test_Set", fps=30.0, labels=labels, features=features
+            )
     with pytest.raises(InputDataError, match="not allowed"):
-        with StoreWriter(tmp_path / "s", [ModalitySpec("visual", 8), ModalitySpec("mfcc", 5)]) as w:
-            w.add_trial(trial="../x", partition="Train_Set", fps=30.0, labels=labels, features=features)
+        with StoreWriter(
+            tmp_path / "s", [ModalitySpec("visual", 8), ModalitySpec("mfcc", 5)]
+        ) as w:
+            w.add_trial(
+                trial="../x", partition="Train_Set", fps=30.0, labels=labels, features=features
+            )
     assert leftovers(tmp_path, "s") == []
 
 

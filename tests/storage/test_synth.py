@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from affvx.storage.reader import FeatureStore
-from affvx.storage.synth import DEFAULT_TRIALS, MIN_FRAMES, SynthConfig, make_synthetic_store, oracle_for
+from affvx.storage.synth import (
+    DEFAULT_TRIALS,
+    MIN_FRAMES,
+    SynthConfig,
+    make_synthetic_store,
+    oracle_for,
+)
 from tests.conftest import VA_TRIALS
 
 
@@ -28,9 +34,14 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path: Pat
     config = SynthConfig(n_trials=10, scale=0.02, seed=3, visual_dim=8)
     make_synthetic_store(tmp_path / "a", config)
     make_synthetic_store(tmp_path / "b", config)
-    make_synthetic_store(tmp_path / "c", SynthConfig(n_trials=10, scale=0.02, seed=4, visual_dim=8))
+    make_synthetic_store(
+        tmp_path / "c", SynthConfig(n_trials=10, scale=0.02, seed=4, visual_dim=8)
+    )
     assert _file_hashes(tmp_path / "a") == _file_hashes(tmp_path / "b")
-    assert _file_hashes(tmp_path / "a")["visual.arrow"] != _file_hashes(tmp_path / "c")["visual.arrow"]
+    assert (
+        _file_hashes(tmp_path / "a")["visual.arrow"]
+        != _file_hashes(tmp_path / "c")["visual.arrow"]
+    )
 
 
 def test_default_corpus_is_an_aff_wild2_sample(demo_store: Path) -> None:
@@ -59,20 +70,28 @@ def test_labels_are_in_range_with_invalid_runs_and_test_labels_hidden(demo_store
         assert valid.size and np.all(np.abs(valid) <= 1.0)
         # valence and arousal are invalid on the same frames, as in Aff-Wild2
         assert np.array_equal(np.isnan(labels[:, 0]), np.isnan(labels[:, 1]))
-    invalid = sum(store.n_frames(t) - store.trial_info(t).n_labelled for t in store.trials_in("Train_Set"))
+    invalid = sum(
+        store.n_frames(t) - store.trial_info(t).n_labelled for t in store.trials_in("Train_Set")
+    )
     assert 0 < invalid < 0.2 * sum(store.n_frames(t) for t in store.trials_in("Train_Set"))
 
 
 def test_each_modality_sees_its_emotion_best_and_fusion_beats_all(demo_store: Path) -> None:
     manifest = FeatureStore(demo_store).manifest
-    train = {m: oracle_for(manifest, m.split("+"))["Train_Set"] for m in manifest["oracle_ccc_by_modalities"]}
+    train = {
+        m: oracle_for(manifest, m.split("+"))["Train_Set"]
+        for m in manifest["oracle_ccc_by_modalities"]
+    }
     singles = ["visual", "mfcc", "vggish", "egemaps"]
     assert max(singles, key=lambda m: train[m]["valence"]) == "visual"
     assert max(singles, key=lambda m: train[m]["arousal"]) in ("mfcc", "vggish", "egemaps")
     for emotion in ("valence", "arousal"):
         best_single = max(train[m][emotion] for m in singles)
         assert train["visual+mfcc+vggish"][emotion] > best_single + 0.03
-        assert manifest["oracle_ccc"]["Train_Set"][emotion] == train["visual+mfcc+vggish+egemaps"][emotion]
+        assert (
+            manifest["oracle_ccc"]["Train_Set"][emotion]
+            == train["visual+mfcc+vggish+egemaps"][emotion]
+        )
 
 
 def test_oracle_is_reachable_but_not_beaten_by_a_fitted_model(demo_store: Path) -> None:
@@ -97,18 +116,26 @@ def test_oracle_is_reachable_but_not_beaten_by_a_fitted_model(demo_store: Path) 
         scale = y_train[:, e].std() / fitted.std()
         prediction = (x_val @ weights - fitted.mean()) * scale + y_train[:, e].mean()
         ccc = _ccc(prediction, y_val[:, e].astype(np.float64))
-        assert 0.85 * oracle[emotion] < ccc < oracle[emotion] + 0.03, (emotion, ccc, oracle[emotion])
+        assert 0.85 * oracle[emotion] < ccc < oracle[emotion] + 0.03, (
+            emotion,
+            ccc,
+            oracle[emotion],
+        )
 
 
 def test_from_list_keeps_every_trial_of_the_list(tmp_path: Path) -> None:
     store = FeatureStore(
-        make_synthetic_store(tmp_path / "s", SynthConfig(trial_list=VA_TRIALS, scale=0.005, visual_dim=4))
+        make_synthetic_store(
+            tmp_path / "s", SynthConfig(trial_list=VA_TRIALS, scale=0.005, visual_dim=4)
+        )
     )
     with open(VA_TRIALS) as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(store.trial_names) == sorted(r["trial"] for r in rows)
     by_trial = {r["trial"]: r for r in rows}
-    assert all(store.trial_info(t).partition == by_trial[t]["partition"] for t in store.trial_names)
+    assert all(
+        store.trial_info(t).partition == by_trial[t]["partition"] for t in store.trial_names
+    )
     assert store.manifest["provenance"]["scale"] == 0.005
 
 

@@ -15,7 +15,9 @@ def write_trial_list(store: FeatureStore, path: Path) -> Path:
     lines = ["trial,partition,video,frames,fps,labelled_frames"]
     for trial in store.trial_names:
         info = store.trial_info(trial)
-        lines.append(f"{trial},{info.partition},{info.video},{info.n_frames},{info.fps!r},{info.n_labelled}")
+        lines.append(
+            f"{trial},{info.partition},{info.video},{info.n_frames},{info.fps!r},{info.n_labelled}"
+        )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -75,7 +77,11 @@ def resample_to_rate(values: np.ndarray, fps: float, rate_hz: float) -> np.ndarr
 
 def write_lfan_tree(store: FeatureStore, root: Path) -> Path:
     """npy_data/<trial>/<modality>.npy (+ label.npy with -5) and dataset_info.pkl."""
-    partitions: dict[str, dict[str, int]] = {"Train_Set": {}, "Validation_Set": {}, "Target_Set": {}}
+    partitions: dict[str, dict[str, int]] = {
+        "Train_Set": {},
+        "Validation_Set": {},
+        "Target_Set": {},
+    }
     for trial in store.trial_names:
         info = store.trial_info(trial)
         folder = root / "npy_data" / trial

@@ -97,7 +97,9 @@ def ingest_affwild2(
     root = Path(root)
     if not root.is_dir():
         raise InputDataError(f"{root}: not a directory")
-    trial_list = {r.trial: r for r in read_trial_list(options.trial_list)} if options.trial_list else {}
+    trial_list = (
+        {r.trial: r for r in read_trial_list(options.trial_list)} if options.trial_list else {}
+    )
     trials = _discover(root, trial_list)
     modalities = _choose_modalities(root, trials, options)
     ordered = sorted(
@@ -216,18 +218,24 @@ def _choose_modalities(
     for trial in trials.values():
         for modality, path in trial.features.items():
             if modality not in found:
-                layout = "npy_data" if path.parent.parent.name == "npy_data" else f"features/{modality}"
+                layout = (
+                    "npy_data" if path.parent.parent.name == "npy_data" else f"features/{modality}"
+                )
                 found[modality] = _Modality(modality, layout, options.rates_hz.get(modality))
     if options.audio_features:
         if options.wav_dir is None:
-            raise InputDataError("--audio-features needs --wav-dir (the folder of <video>.wav files)")
+            raise InputDataError(
+                "--audio-features needs --wav-dir (the folder of <video>.wav files)"
+            )
         for feature in check_audio_features(options.audio_features):
             if feature.name in found:
                 raise InputDataError(
                     f"{root}: modality {feature.name} exists in the tree and would also be "
                     "computed from audio; drop one of them"
                 )
-            found[feature.name] = _Modality(feature.name, feature.description, AUDIO_RATE_HZ, audio=True)
+            found[feature.name] = _Modality(
+                feature.name, feature.description, AUDIO_RATE_HZ, audio=True
+            )
     for name in options.rates_hz:
         if name not in found:
             raise InputDataError(f"--rate {name}=...: no modality {name} under {root}")
@@ -235,8 +243,7 @@ def _choose_modalities(
         for name in options.modalities:
             if name not in found:
                 raise InputDataError(
-                    f"unknown modality {name!r}: {root} has "
-                    f"{', '.join(found) or 'no features'}"
+                    f"unknown modality {name!r}: {root} has {', '.join(found) or 'no features'}"
                 )
         chosen = [found[name] for name in options.modalities]
     else:
@@ -278,7 +285,11 @@ def _write_trial(
     options: IngestOptions,
 ) -> None:
     labels = _labels(source)
-    n_frames = labels.shape[0] if labels is not None else _unlabelled_length(source, modalities, trial_list)
+    n_frames = (
+        labels.shape[0]
+        if labels is not None
+        else _unlabelled_length(source, modalities, trial_list)
+    )
     if labels is None:
         labels = np.full((n_frames, 2), np.nan, dtype=np.float32)
     fps = _frame_rate(source.trial, trial_list)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from affvx.storage import format as fmt
-from affvx.storage.atomic import fsync_dir
+from affvx.storage.atomic import fsync_path
 from affvx.storage.errors import InputDataError, StoreExistsError
 from affvx.storage.ingest.align import align_to_frames
 from affvx.storage.ingest.audio import (
@@ -56,8 +56,10 @@ def add_audio_features(
             f"{store_path}: already has modality {taken[0]}; write the audio features into a "
             "store without it"
         )
-    target = Path(out) if out is not None else store_path.with_name(
-        f".{store_path.name}.replacement-{os.getpid()}"
+    target = (
+        Path(out)
+        if out is not None
+        else store_path.with_name(f".{store_path.name}.replacement-{os.getpid()}")
     )
     _write_extended(store, target, wav_dir, audio, max_pad_s, on_trial)
     del store
@@ -76,12 +78,19 @@ def _write_extended(
     on_trial: Callable[[int, int], None] | None,
 ) -> None:
     old_specs = [
-        ModalitySpec(name, int(spec["dim"]), spec["dtype"], spec.get("source", ""), spec.get("rate_hz"))
+        ModalitySpec(
+            name, int(spec["dim"]), spec["dtype"], spec.get("source", ""), spec.get("rate_hz")
+        )
         for name, spec in store.manifest["modalities"].items()
     ]
-    new_specs = [ModalitySpec(f.name, f.dim, source=f.description, rate_hz=AUDIO_RATE_HZ) for f in audio]
+    new_specs = [
+        ModalitySpec(f.name, f.dim, source=f.description, rate_hz=AUDIO_RATE_HZ) for f in audio
+    ]
     provenance = dict(store.manifest.get("provenance", {}))
-    provenance["audio_features"] = {"wav_dir": str(wav_dir.resolve()), "features": [f.name for f in audio]}
+    provenance["audio_features"] = {
+        "wav_dir": str(wav_dir.resolve()),
+        "features": [f.name for f in audio],
+    }
     extractor = AudioExtractor(audio)
     names = store.trial_names
     with StoreWriter(target, old_specs + new_specs, provenance=provenance) as writer:
@@ -122,5 +131,5 @@ def _swap(new: Path, current: Path) -> None:
     previous = current.with_name(f".{current.name}.previous-{os.getpid()}")
     os.rename(current, previous)
     os.rename(new, current)
-    fsync_dir(current.parent)
+    fsync_path(current.parent)
     shutil.rmtree(previous)

@@ -7,7 +7,6 @@ so that the user sees one line saying what to fix.
 from __future__ import annotations
 
 import io
-import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -203,8 +202,3 @@ def _reason(error: BaseException) -> str:
         return error.strerror
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
-
-
-def frames_covered(rows: int, rate_hz: float, fps: float) -> int:
-    """How many video frames `rows` feature rows at `rate_hz` cover without padding."""
-    return int(math.floor((rows - 0.5) / rate_hz * fps)) + 1 if rows > 0 else 0
