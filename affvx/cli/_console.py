@@ -22,7 +22,7 @@ def print_json(data: Any) -> None:
 
 def note(message: str) -> None:
     """A one-line remark for the user, on stderr."""
-    stderr.print(message)
+    stderr.print(message, soft_wrap=True)
 
 
 @contextlib.contextmanager

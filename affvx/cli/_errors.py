@@ -1,14 +1,12 @@
-"""Which exceptions are the user's to fix (exit 2, one line) and how they are printed."""
+"""How errors reach the user: one line on stderr."""
 
 from __future__ import annotations
 
 import sys
 
-from affvx.orchestrator.errors import OrchestratorError
-from affvx.storage.errors import StorageError
+from affvx.orchestrator.errors import JOB_ERRORS, USER_ERRORS
 
-# Exceptions whose message is a complete, actionable sentence about the user's input.
-USER_ERRORS: tuple[type[BaseException], ...] = (StorageError, OrchestratorError)
+__all__ = ["JOB_ERRORS", "USER_ERRORS", "print_error"]
 
 
 def print_error(message: object) -> None:

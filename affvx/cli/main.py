@@ -7,8 +7,8 @@ import sys
 import typer
 
 from affvx import __version__
-from affvx.cli import data, folds
-from affvx.cli._errors import USER_ERRORS, print_error
+from affvx.cli import data, folds, train
+from affvx.cli._errors import JOB_ERRORS, USER_ERRORS, print_error
 
 app = typer.Typer(
     name="affvx",
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("folds")(folds.folds_command)
+app.command("train")(train.train_command)
 
 _debug = False
 
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print_error(error)
         sys.exit(2)
+    except JOB_ERRORS as error:
+        if _debug:
+            raise
+        print_error(f"the job failed: {error}")
+        sys.exit(1)
     except OSError as error:
         if _debug:
             raise

@@ -11,6 +11,7 @@ page cache however many workers read them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -132,6 +133,12 @@ class FeatureStore:
                     f"trials.parquet says {n_frames[i]}; rebuild the store"
                 )
         return batches
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the content of every file (from the manifest's checksums)."""
+        files = json.dumps(self.manifest["files"], sort_keys=True).encode()
+        return hashlib.sha256(files).hexdigest()[:16]
 
     def verify(self) -> None:
         """Compare every file's size and SHA-256 with the manifest; raise on a mismatch."""

@@ -1,0 +1,126 @@
+"""`affvx train`: one job in the foreground with a progress bar per epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from affvx.cli._console import note, stderr, stdout
+
+EXIT_REQUEUE = 75
+
+
+class EpochProgress:
+    """Shows one bar per epoch (batches) and the validation CCC of each finished epoch."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=stderr,
+        )
+        self.task: Any = None
+        self.max_epochs = 0
+        self.best = float("-inf")
+
+    def __enter__(self) -> EpochProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def on_start(self, *, epoch: int, max_epochs: int, resumed: bool) -> None:
+        self.max_epochs = max_epochs
+        if resumed:
+            self.progress.console.print(f"resuming from its checkpoint at epoch {epoch + 1}")
+
+    def on_batch(self, *, epoch: int, done: int, total: int) -> None:
+        description = f"epoch {epoch + 1}/{self.max_epochs}"
+        if self.task is None or self.progress.tasks[self.task].description != description:
+            self.task = self.progress.add_task(description, total=total, status="training")
+        self.progress.update(self.task, completed=done)
+
+    def on_phase(self, phase: str) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, status=phase)
+
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        self.best = max(self.best, row["val_ccc_mean"])
+        scores = " ".join(
+            f"{k[8:]} {v:.3f}"
+            for k, v in row.items()
+            if k.startswith("val_ccc_") and k != "val_ccc_mean"
+        )
+        if self.task is not None:
+            self.progress.update(self.task, status=f"val CCC {scores} (best mean {self.best:.3f})")
+
+
+def train_command(
+    store: Path = typer.Argument(..., help="A feature store directory."),
+    fold: int = typer.Option(
+        ..., "--fold", help="Fold index (0 = the official split under abaw2)."
+    ),
+    emotion: str = typer.Option(..., "--emotion", help="valence, arousal or both (multi-task)."),
+    modalities: str = typer.Option(..., "--modalities", help="Comma-separated, e.g. visual,mfcc."),
+    out: Path = typer.Option(
+        ..., "--out", help="Job directory (checkpoint, metrics, predictions)."
+    ),
+    model: str = typer.Option("tcn", "--model", help="tcn, lfan or gru."),
+    epochs: int = typer.Option(30, "--epochs", help="Maximum number of epochs."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    protocol: str = typer.Option("abaw2", "--protocol", help="abaw2 or kfold."),
+    n_folds: int = typer.Option(6, "--folds", help="Number of folds of the protocol."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate (AdamW) [default: 3e-4]."),
+    time_limit: float = typer.Option(
+        None, "--time-limit", help="Seconds this run may take; it checkpoints and stops before."
+    ),
+) -> None:
+    """Train one job (fold x emotion x modality set) in the foreground.
+
+    Stopped (Ctrl-C, SIGTERM, --time-limit), it checkpoints and exits with status 75; the same
+    command resumes it. Example: affvx train demo-store --fold 0 --emotion valence
+    --modalities visual,mfcc --out runs/one
+    """
+    from affvx.orchestrator.train import single_job_spec, train_one
+
+    settings = {"lr": lr} if lr is not None else {}
+    spec = single_job_spec(
+        store,
+        fold=fold,
+        emotion=emotion,
+        modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
+        model=model,
+        protocol=protocol,
+        n_folds=n_folds,
+        max_epochs=epochs,
+        device=device,
+        seed=seed,
+        time_limit_s=time_limit,
+        **settings,
+    )
+    with EpochProgress() as observer:
+        outcome = train_one(spec, out, observer=observer)
+    if outcome.result is None:
+        note(f"stopped after a checkpoint in {out}; run the same command to resume")
+        raise typer.Exit(EXIT_REQUEUE)
+    result = outcome.result
+    table = Table(
+        title=f"{out}: fold {result['fold']}, {result['model']} on {'+'.join(result['modalities'])}",
+        title_justify="left",
+    )
+    for column in ("emotion", "val CCC", "best epoch", "epochs run"):
+        table.add_column(column)
+    for emotion_name, value in result["val_ccc"].items():
+        table.add_row(
+            emotion_name, f"{value:.4f}", str(result["best_epoch"] + 1), str(result["epochs_run"])
+        )
+    stdout.print(table)
