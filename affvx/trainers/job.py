@@ -129,7 +129,7 @@ def run_job(
     existing = read_result(job_dir)
     if existing is not None:
         return JobResult(JobOutcome.COMPLETE, existing)
-    policy = StopPolicy(spec["time_limit_s"] if isinstance(spec, dict) else spec.time_limit_s)
+    policy = StopPolicy(spec.get("time_limit_s") if isinstance(spec, dict) else spec.time_limit_s)
     with policy.catching_signals():
         try:
             spec = spec if isinstance(spec, TrainSpec) else TrainSpec.from_dict(spec)
