@@ -9,15 +9,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
 
 
 def print_json(data: Any) -> None:
-    """Machine-readable output: plain JSON on stdout, nothing else."""
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    """Machine-readable output: plain JSON on stdout, nothing else (indented on a terminal;
+    compact in a pipe, where the C encoder makes 10,000 jobs a matter of milliseconds)."""
+    indent = 2 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps(data, indent=indent) + "\n")
 
 
 def note(message: str) -> None:
@@ -28,6 +29,14 @@ def note(message: str) -> None:
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
     """A progress bar on stderr; yields `update(done, total)`. Silent when not a terminal."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

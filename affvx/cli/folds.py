@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from affvx.cli._console import print_json, stdout
 
@@ -28,6 +27,8 @@ def folds_command(
     if as_json:
         print_json(data)
         return
+    from rich.table import Table
+
     view = Table(title=f"{protocol} folds of {store}", title_justify="left")
     for column in ("fold", "train trials", "val trials", "val frames", "val labelled frames"):
         view.add_column(column, justify="right")

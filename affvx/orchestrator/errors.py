@@ -1,5 +1,6 @@
 """Errors raised by the orchestrator, and which errors of the lower layers mean what."""
 
+from affvx.cluster.errors import ClusterError
 from affvx.storage.errors import StorageError
 from affvx.trainers.errors import TrainerError, TrainerInputError
 
@@ -16,7 +17,12 @@ class ConfigError(OrchestratorError):
 
 
 # Errors whose message is a complete sentence about the user's input (exit status 2).
-USER_ERRORS: tuple[type[BaseException], ...] = (StorageError, TrainerInputError, OrchestratorError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    StorageError,
+    TrainerInputError,
+    OrchestratorError,
+    ClusterError,
+)
 
 # A job that ran and failed (exit status 1).
 JOB_ERRORS: tuple[type[BaseException], ...] = (TrainerError,)

@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from affvx.orchestrator.errors import ConfigError
-from affvx.storage.reader import FeatureStore
+
+if TYPE_CHECKING:
+    from affvx.storage.reader import FeatureStore
 
 PROTOCOLS = ("abaw2", "kfold")
 DEFAULT_FOLDS = 6
@@ -205,5 +207,7 @@ def folds_of_store(
     store_path: Path | str, protocol: str = "abaw2", n_folds: int = DEFAULT_FOLDS, seed: int = 0
 ) -> tuple[FoldTable, list[TrialSummary]]:
     """Open a store and build its fold table (what `affvx folds` shows)."""
+    from affvx.storage.reader import FeatureStore
+
     trials = store_trials(FeatureStore(store_path))
     return make_folds(trials, protocol, n_folds, seed), trials

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from affvx.storage import format as fmt
 from affvx.storage.errors import DamagedStoreError, StorageError
+from affvx.storage.oracle import N_MOMENTS, ORACLE_FILE, ccc_from_moments, column_name
 from affvx.storage.writer import file_sha256
 
 
@@ -226,6 +227,35 @@ class FeatureStore:
         std = np.sqrt(var)
         std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
         return mean.astype(np.float32), std.astype(np.float32)
+
+    def oracle_ccc(self, trials: list[str], modalities: list[str], emotion: str) -> float | None:
+        """The best achievable CCC on `trials` from `modalities` (synthetic stores only)."""
+        table = self._oracle_moments
+        if table is None:
+            return None
+        order = list(self.modalities)
+        ordered = sorted(modalities, key=lambda m: order.index(m) if m in order else len(order))
+        column = table.get(column_name(emotion, ordered))
+        if column is None:
+            return None
+        rows = [self._oracle_index[t] for t in trials if t in self._oracle_index]
+        return ccc_from_moments(column[rows].sum(axis=0))
+
+    @cached_property
+    def _oracle_moments(self) -> dict[str, np.ndarray] | None:
+        if ORACLE_FILE not in self.manifest["files"]:
+            return None
+        table = pq.read_table(self.path / ORACLE_FILE)
+        self._oracle_index = {t: i for i, t in enumerate(table.column("trial").to_pylist())}
+        return {
+            name: table.column(name)
+            .combine_chunks()
+            .flatten()
+            .to_numpy()
+            .reshape(len(table), N_MOMENTS)
+            for name in table.column_names
+            if name != "trial"
+        }
 
     def _feature_views(self, modality: str) -> list[np.ndarray]:
         if modality not in self.modalities:

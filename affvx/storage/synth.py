@@ -30,13 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from affvx.storage import format as fmt
 from affvx.storage.errors import InputDataError
+from affvx.storage.oracle import N_MOMENTS, ORACLE_FILE, ccc_from_moments, column_name, moments
 from affvx.storage.triallist import TrialRow, builtin_trial_list, read_trial_list
 from affvx.storage.writer import ModalitySpec, StoreWriter
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 LATENT_SMOOTHING_S = 1.0
 NUISANCE_SMOOTHING_S = 0.4
 KAPPA = 0.9
@@ -103,7 +105,7 @@ def make_synthetic_store(
     with StoreWriter(path, specs, provenance=provenance) as writer:
         for done, row in enumerate(trials, start=1):
             sample = generator.trial(row, config.resolved_scale())
-            oracle.add(row.partition, sample)
+            oracle.add(row.trial, row.partition, sample)
             labels = sample.labels.copy()
             if row.partition == "Test_Set":
                 labels[:] = np.nan
@@ -118,6 +120,7 @@ def make_synthetic_store(
             if on_trial:
                 on_trial(done, len(trials))
         writer.extra_manifest = oracle.manifest_entries()
+        writer.add_table(ORACLE_FILE, oracle.table())
     return Path(path)
 
 
@@ -255,7 +258,7 @@ def _invalid_mask(rng: np.random.Generator, n: int, row: TrialRow) -> np.ndarray
 
 
 class _OracleAccumulator:
-    """Streams the CCC of the oracle prediction for every modality subset and partition."""
+    """Oracle moments per trial, modality subset and emotion (summed per partition too)."""
 
     def __init__(self, modalities: list[str]) -> None:
         self.modalities = modalities
@@ -273,27 +276,28 @@ class _OracleAccumulator:
             for emotion in fmt.EMOTIONS
         }
         self.sums: dict[tuple[str, tuple[str, ...], str], np.ndarray] = {}
+        self.rows: dict[str, list[Any]] = {"trial": []}
 
-    def add(self, partition: str, sample: _TrialSample) -> None:
+    def add(self, trial: str, partition: str, sample: _TrialSample) -> None:
+        self.rows["trial"].append(trial)
         for (subset, emotion), predictor in self.predictors.items():
             e = fmt.EMOTIONS.index(emotion)
             label = sample.labels[:, e].astype(np.float64)
             valid = np.isfinite(label)
             weighted = sum(sample.views[m][:, e] / NOISE_SD[m][emotion] ** 2 for m in subset)
-            prediction = predictor(weighted[valid])
-            y = label[valid]
-            moments = np.array(
-                [
-                    len(y),
-                    prediction.sum(),
-                    y.sum(),
-                    (prediction**2).sum(),
-                    (y**2).sum(),
-                    (prediction * y).sum(),
-                ]
-            )
+            trial_moments = moments(predictor(weighted[valid]), label[valid])
+            self.rows.setdefault(column_name(emotion, subset), []).append(trial_moments)
             key = (partition, subset, emotion)
-            self.sums[key] = self.sums.get(key, 0) + moments
+            self.sums[key] = self.sums.get(key, 0) + trial_moments
+
+    def table(self) -> pa.Table:
+        columns = {"trial": pa.array(self.rows["trial"], pa.string())}
+        for name, values in self.rows.items():
+            if name != "trial":
+                columns[name] = pa.array(
+                    [list(v) for v in values], pa.list_(pa.float64(), N_MOMENTS)
+                )
+        return pa.table(columns)
 
     def manifest_entries(self) -> dict[str, Any]:
         by_modalities: dict[str, dict[str, dict[str, float]]] = {}
@@ -301,9 +305,9 @@ class _OracleAccumulator:
             entry = by_modalities.setdefault("+".join(subset), {})
             for partition in fmt.PARTITIONS:
                 for emotion in fmt.EMOTIONS:
-                    moments = self.sums.get((partition, subset, emotion))
-                    if moments is not None:
-                        ccc = round(_ccc_from_moments(moments), 4)
+                    total = self.sums.get((partition, subset, emotion))
+                    if total is not None:
+                        ccc = round(ccc_from_moments(total), 4)
                         entry.setdefault(partition, {})[emotion] = ccc
         return {
             "oracle_ccc": by_modalities["+".join(self.modalities)],
@@ -341,16 +345,6 @@ class _OraclePredictor:
     def __call__(self, weighted_views: np.ndarray) -> np.ndarray:
         posterior_mean = weighted_views / (1.0 + self.precision)
         return self.shift + self.scale * np.interp(posterior_mean, self.grid, self.values)
-
-
-def _ccc_from_moments(moments: np.ndarray) -> float:
-    n, sx, sy, sxx, syy, sxy = moments
-    if n < 2:
-        return float("nan")
-    mx, my = sx / n, sy / n
-    vx, vy = sxx / n - mx**2, syy / n - my**2
-    cov = sxy / n - mx * my
-    return float(2 * cov / (vx + vy + (mx - my) ** 2))
 
 
 def oracle_for(

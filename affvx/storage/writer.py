@@ -97,6 +97,7 @@ class StoreWriter:
         self.modalities = {m.name: m for m in modalities}
         self.provenance = dict(provenance or {})
         self.extra_manifest: dict[str, Any] = {}
+        self._extra_files: list[str] = []
         self._records: list[_TrialRecord] = []
         self._trials_seen: dict[str, str] = {}
         self._n_rows = 0
@@ -201,6 +202,12 @@ class StoreWriter:
             raise InputDataError(f"trial {trial}, modality {spec.name}: NaN or inf in features")
         return values
 
+    def add_table(self, name: str, table: pa.Table) -> None:
+        """Store one more Parquet file (e.g. the oracle of a synthetic store), checksummed."""
+        assert self._staging is not None, "add_table() inside the with block"
+        pq.write_table(table, self._staging / name)
+        self._extra_files.append(name)
+
     def _open_writers(self) -> None:
         assert self._staging is not None
         self._schemas[fmt.LABELS_FILE] = pa.schema(
@@ -259,7 +266,7 @@ class StoreWriter:
 
     def _manifest(self) -> dict[str, Any]:
         assert self._staging is not None
-        files = [fmt.LABELS_FILE, fmt.TRIALS_FILE] + [
+        files = [fmt.LABELS_FILE, fmt.TRIALS_FILE, *self._extra_files] + [
             fmt.modality_file(m) for m in self.modalities
         ]
         padded = {

@@ -118,9 +118,11 @@ def run_job(
     job_dir: Path | str,
     *,
     observer: TrainingObserver | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> JobResult:
     """Run or resume one job in `job_dir`; a complete job is never run again.
 
+    `provenance` (who ran it: attempt, scheduler id, node) is stored in result.json as is.
     Raises the job's error after recording it in failure.json (TrainerInputError or
     StorageError for bad settings or data, DivergenceError for a non-finite loss).
     """
@@ -133,7 +135,9 @@ def run_job(
     with policy.catching_signals():
         try:
             spec = spec if isinstance(spec, TrainSpec) else TrainSpec.from_dict(spec)
-            result = _train(spec, job_dir, policy, observer or TrainingObserver())
+            result = _train(
+                spec, job_dir, policy, observer or TrainingObserver(), provenance or {}
+            )
         except StopRequested:
             return JobResult(JobOutcome.REQUEUE)
         except BaseException as error:
@@ -145,7 +149,11 @@ def run_job(
 
 
 def _train(
-    spec: TrainSpec, job_dir: Path, policy: StopPolicy, observer: TrainingObserver
+    spec: TrainSpec,
+    job_dir: Path,
+    policy: StopPolicy,
+    observer: TrainingObserver,
+    provenance: dict[str, Any],
 ) -> dict[str, Any]:
     device = choose_device(spec.device)
     threads = configure_torch(spec, device)
@@ -194,6 +202,7 @@ def _train(
         "device": device.type,
         "threads": threads,
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": provenance,
     }
     create_exclusive_bytes(job_dir / RESULT_FILE, (json.dumps(result, indent=2) + "\n").encode())
     return read_result(job_dir) or result

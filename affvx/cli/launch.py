@@ -1,0 +1,164 @@
+"""`affvx launch`: plan and run a whole cross-validation grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from affvx.cli._console import note, stderr, stdout
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            seeds.extend(range(int(first), int(last) + 1) if last else [int(first)])
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: use numbers and ranges, e.g. 0,1,2 or 0-4", param_hint="--seeds"
+        ) from None
+    return tuple(seeds)
+
+
+def launch_command(
+    folds: int = typer.Option(None, "--folds", help="Number of folds [default: 6]."),
+    emotions: str = typer.Option(
+        None, "--emotions", help="valence,arousal (each a job); both = one multi-task job."
+    ),
+    modalities: list[str] = typer.Option(
+        None,
+        "--modalities",
+        help="A modality set, comma-separated; repeat for several [default: visual and visual,mfcc,vggish].",
+    ),
+    model: str = typer.Option(None, "--model", help="tcn, lfan or gru [default: lfan]."),
+    protocol: str = typer.Option(None, "--protocol", help="abaw2 or kfold [default: abaw2]."),
+    store: Path = typer.Option(None, "--store", help="Feature store [default: the demo corpus]."),
+    run: Path = typer.Option(None, "--run", help="Run directory [default: runs/<timestamp>]."),
+    backend: str = typer.Option(None, "--backend", help="local [default: local]."),
+    max_parallel: int = typer.Option(
+        None, "--max-parallel", help="Most jobs at once (local) [default: CPUs / cpus per job]."
+    ),
+    seeds: str = typer.Option(
+        None, "--seeds", help="Seeds to repeat every cell with, e.g. 0-2 [default: 0]."
+    ),
+    epochs: int = typer.Option(None, "--epochs", help="Maximum epochs per job [default: 30]."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate [default: 3e-4]."),
+    cpus: int = typer.Option(None, "--cpus", help="CPUs per job [default: 1]."),
+    gpus: int = typer.Option(None, "--gpus", help="GPUs per job [default: 0]."),
+    time_limit: float = typer.Option(
+        None, "--time-limit", help="Minutes per job attempt; jobs checkpoint and requeue."
+    ),
+    max_retries: int = typer.Option(
+        None, "--max-retries", help="Retries of a failed job per launch [default: 2]."
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="experiment.toml with any of these settings (flags win)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan and what would be submitted; submit nothing."
+    ),
+    detach: bool = typer.Option(
+        False, "--detach", help="Return after submitting; follow with `affvx status`."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a run (the newest under ./runs without --run)."
+    ),
+) -> None:
+    """Plan the grid (folds x emotions x modality sets x seeds) and run a trainer for every cell.
+
+    Follows the jobs with live progress and prints the summary. Re-running on the same --run
+    (or --resume) skips complete jobs and resumes the others from their checkpoints.
+    Example: affvx launch --folds 6 --emotions valence,arousal
+    """
+    from affvx.cli._run_view import LiveLaunchView
+    from affvx.orchestrator.launch import launch
+
+    flags: dict[str, Any] = {
+        "store": str(store) if store is not None else None,
+        "protocol": protocol,
+        "folds": folds,
+        "emotions": _names(emotions),
+        "modalities": tuple(_names(m) for m in modalities) if modalities else None,
+        "seeds": _seeds(seeds),
+        "model": {"name": model},
+        "training": {"max_epochs": epochs, "lr": lr},
+        "resources": {"cpus": cpus, "gpus": gpus, "time_limit_min": time_limit},
+        "backend": {"name": backend, "max_retries": max_retries},
+    }
+    with LiveLaunchView(stderr) as view:
+        outcome = launch(
+            flags=flags,
+            config_file=config,
+            run_path=run,
+            resume=resume,
+            dry_run=dry_run,
+            detach=detach,
+            max_parallel=max_parallel,
+            observer=view,
+            note=note,
+        )
+    if outcome.dry_run_scripts:
+        _print_plan(outcome)
+        return
+    if outcome.detached:
+        note(f"submitted; follow with `affvx status {outcome.run.path} --watch`")
+        return
+    _print_summary(outcome)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _print_plan(outcome: Any) -> None:
+    from rich.table import Table
+
+    cells: dict[tuple[str, str], list[Any]] = {}
+    for job in outcome.jobs:
+        cells.setdefault((job.emotion, job.modality_set), []).append(job)
+    table = Table(
+        title=f"plan: {len(outcome.jobs)} jobs in {outcome.run.path} (dry run: nothing submitted)",
+        title_justify="left",
+    )
+    for column in ("emotion", "modalities", "folds", "seeds", "jobs"):
+        table.add_column(column)
+    for (emotion, modalities), jobs in cells.items():
+        table.add_row(
+            emotion,
+            modalities,
+            str(len({j.fold for j in jobs})),
+            str(len({j.seed for j in jobs})),
+            str(len(jobs)),
+        )
+    stdout.print(table)
+    for script in outcome.dry_run_scripts:
+        stdout.print(script, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_summary(outcome: Any) -> None:
+    from affvx.cli._run_view import summary_table
+    from affvx.orchestrator.collect import fold_rows, oracle_lookup, summarise
+    from affvx.orchestrator.ledger import JobFiles
+
+    run = outcome.run
+    results = {job.job_id: JobFiles(run.job_dir(job.job_id)).result() for job in outcome.jobs}
+    summary = summarise(fold_rows(outcome.jobs, results, oracle_lookup(run)), run.config.protocol)
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in outcome.counts.items())
+    if summary:
+        stdout.print(summary_table(summary, f"{run.path}: {counts}"))
+    failed = [
+        v for v in outcome.views.values() if v.state.value in ("FAILED", "LOST", "CANCELLED")
+    ]
+    for view in failed[:10]:
+        note(f"{view.job_id}: {view.state.value} {view.reason}")
+    note(
+        f"details: `affvx status {run.path}`; tables, plots and submission: `affvx collect {run.path}`"
+    )

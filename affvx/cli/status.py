@@ -1,0 +1,62 @@
+"""`affvx status`: where every job of a run is."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from affvx.cli._console import note, print_json, stdout
+
+
+def status_command(
+    run: Path = typer.Argument(None, help="Run directory [default: the newest under ./runs]."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    watch: bool = typer.Option(
+        False, "--watch", help="Refresh every 2 s until every job is finished."
+    ),
+) -> None:
+    """Show every job: state, epoch, best validation CCC, attempts, elapsed time, scheduler id.
+
+    Example: affvx status runs/20261122-101500 --json
+    """
+    from affvx.orchestrator.rundir import newest_run
+    from affvx.orchestrator.status import run_status
+
+    path = run or newest_run()
+    if as_json:
+        print_json(run_status(path).to_json())
+        return
+    if watch:
+        _watch(path)
+        return
+    _render(run_status(path))
+
+
+def _render(status) -> None:  # type: ignore[no-untyped-def]
+    from affvx.cli._run_view import counts_line, status_table
+
+    stdout.print(status_table(status))
+    stdout.print(f"{status.run.path}: {counts_line(status.views)}", soft_wrap=True)
+    if status.note:
+        note(status.note)
+
+
+def _watch(path: Path) -> None:
+    from rich.live import Live
+
+    from affvx.cli._run_view import counts_line, status_table
+    from affvx.orchestrator.status import run_status
+
+    with Live(console=stdout, refresh_per_second=1) as live:
+        while True:
+            status = run_status(path)
+            from rich.console import Group
+
+            live.update(
+                Group(status_table(status), f"{status.run.path}: {counts_line(status.views)}")
+            )
+            if all(v.state.is_finished() for v in status.views.values()):
+                break
+            time.sleep(2.0)

@@ -1,0 +1,299 @@
+"""The `local` backend: every job a child process of this one, on this machine's CPUs and GPUs.
+
+It behaves like a small cluster: jobs queue until their CPUs (and GPUs) are free, each runs
+pinned to its own CPUs in its own process group, and time limits work as on SLURM with
+`--signal=USR2@grace`: SIGUSR2 `signal_grace_s` before the limit (the job checkpoints and
+exits to be requeued), SIGTERM at the limit, SIGKILL `kill_delay_s` later. Children get
+SIGTERM if this process dies (PR_SET_PDEATHSIG), so no job outlives its supervisor unseen.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import selectors
+import shlex
+import signal
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from affvx.cluster.base import Backend, JobRequest, JobStatus, SchedulerState
+from affvx.cluster.errors import ClusterError
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class _Running:
+    request: JobRequest
+    process: subprocess.Popen[bytes]
+    cpus: list[int]
+    gpus: list[str]
+    started: float
+    deadline: float | None
+    warned: bool = False
+    terminated_at: float | None = None
+    reason: str = ""
+    pidfd: int | None = field(default=None, repr=False)
+
+
+class LocalBackend(Backend):
+    """Runs jobs as child processes, as many at once as CPUs, GPUs and `max_parallel` allow."""
+
+    name = "local"
+    requeues_itself = False
+
+    def __init__(
+        self,
+        max_parallel: int | None = None,
+        *,
+        kill_delay_s: float = 10.0,
+        signal_grace_s: float = 30.0,
+        cpus: list[int] | None = None,
+        gpus: list[str] | None = None,
+    ) -> None:
+        self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+        self.gpus = list(gpus if gpus is not None else _visible_gpus())
+        self.max_parallel = max_parallel or len(self.cpus)
+        if self.max_parallel < 1:
+            raise ClusterError("--max-parallel must be at least 1")
+        self.kill_delay_s = kill_delay_s
+        self.signal_grace_s = signal_grace_s
+        self._ids = (f"local-{os.getpid()}-{n}" for n in itertools.count(1))
+        self._queue: deque[tuple[str, JobRequest]] = deque()
+        self._running: dict[str, _Running] = {}
+        self._finished: dict[str, SchedulerState] = {}
+        self._selector = selectors.DefaultSelector()
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def submit(self, requests: list[JobRequest]) -> list[str]:
+        for request in requests:
+            if request.resources.cpus > len(self.cpus):
+                raise ClusterError(
+                    f"job {request.key} asks for {request.resources.cpus} CPUs; this machine "
+                    f"offers {len(self.cpus)}"
+                )
+            if request.resources.gpus > len(self.gpus):
+                raise ClusterError(
+                    f"job {request.key} asks for {request.resources.gpus} GPUs; this machine "
+                    f"has {len(self.gpus)}"
+                )
+        ids = [next(self._ids) for _ in requests]
+        self._queue.extend(zip(ids, requests))
+        self._start_what_fits()
+        return ids
+
+    def poll(self, ids: list[str]) -> dict[str, SchedulerState]:
+        self._reap()
+        self._enforce_time_limits()
+        self._start_what_fits()
+        states = {}
+        queued = {job_id for job_id, _ in self._queue}
+        for job_id in ids:
+            if job_id in self._finished:
+                states[job_id] = self._finished[job_id]
+            elif job_id in self._running:
+                states[job_id] = SchedulerState(JobStatus.RUNNING, node=os.uname().nodename)
+            elif job_id in queued:
+                states[job_id] = SchedulerState(JobStatus.PENDING)
+            else:
+                states[job_id] = SchedulerState(JobStatus.UNKNOWN)
+        return states
+
+    def cancel(self, ids: list[str]) -> None:
+        wanted = set(ids)
+        for job_id, request in list(self._queue):
+            if job_id in wanted:
+                self._queue.remove((job_id, request))
+                self._finished[job_id] = SchedulerState(JobStatus.CANCELLED, reason="cancelled")
+        for job_id in wanted & set(self._running):
+            self._terminate(job_id, "cancelled")
+
+    def render(self, requests: list[JobRequest]) -> list[str]:
+        """One summary: the local backend runs every job as the same command with its key."""
+        if not requests:
+            return []
+        first = requests[0]
+        limit = first.resources.time_limit_min
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in first.env)
+        command = shlex.join(first.command).replace(shlex.quote(first.key), "<job_id>")
+        gpus = f" and GPUs {','.join(self.gpus)}" if self.gpus else ""
+        signals = (
+            f", {limit:g} min (SIGUSR2 {self.signal_grace_s:g} s before, SIGTERM at the limit)"
+            if limit
+            else ""
+        )
+        return [
+            f"# local backend: {len(requests)} jobs, up to {self.max_parallel} at once on CPUs "
+            f"{','.join(map(str, self.cpus))}{gpus}\n"
+            f"# each: {first.resources.cpus} CPU, {first.resources.gpus} GPU{signals}\n"
+            f"cd {shlex.quote(str(first.workdir))} && {env + ' ' if env else ''}{command}\n"
+        ]
+
+    def close(self) -> None:
+        """Stop every job: SIGTERM (they checkpoint), SIGKILL after kill_delay_s."""
+        self._queue.clear()
+        for job_id in list(self._running):
+            self._terminate(job_id, "stopped with its supervisor")
+        deadline = time.monotonic() + self.kill_delay_s
+        while self._running and time.monotonic() < deadline:
+            self.wait(0.2)
+            self._reap()
+        for running in self._running.values():
+            _signal_group(running.process, signal.SIGKILL)
+        for running in self._running.values():
+            running.process.wait()
+        self._reap()
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep until a child exits or `timeout_s` passes, whichever comes first."""
+        if not self._selector.get_map():
+            time.sleep(timeout_s)
+            return
+        self._selector.select(timeout_s)
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._running
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _start_what_fits(self) -> None:
+        while self._queue and len(self._running) < self.max_parallel:
+            job_id, request = self._queue[0]
+            free_cpus = [
+                c for c in self.cpus if not any(c in r.cpus for r in self._running.values())
+            ]
+            free_gpus = [
+                g for g in self.gpus if not any(g in r.gpus for r in self._running.values())
+            ]
+            if len(free_cpus) < request.resources.cpus or len(free_gpus) < request.resources.gpus:
+                return
+            self._queue.popleft()
+            self._start(
+                job_id,
+                request,
+                free_cpus[: request.resources.cpus],
+                free_gpus[: request.resources.gpus],
+            )
+
+    def _start(self, job_id: str, request: JobRequest, cpus: list[int], gpus: list[str]) -> None:
+        request.log_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(request.env)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        env["AFFVX_SCHEDULER_JOB_ID"] = job_id
+        with (
+            open(request.log_dir / f"{job_id}.out", "ab") as out,
+            open(request.log_dir / f"{job_id}.err", "ab") as err,
+        ):
+            process = subprocess.Popen(
+                list(request.command),
+                cwd=request.workdir,
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_child_setup(cpus),
+            )
+        limit = request.resources.time_limit_min
+        running = _Running(
+            request=request,
+            process=process,
+            cpus=cpus,
+            gpus=gpus,
+            started=time.monotonic(),
+            deadline=time.monotonic() + 60 * limit if limit else None,
+        )
+        try:
+            running.pidfd = os.pidfd_open(process.pid)
+            self._selector.register(running.pidfd, selectors.EVENT_READ, job_id)
+        except OSError:  # no pidfd (old kernel): wait() falls back to polling
+            running.pidfd = None
+        self._running[job_id] = running
+
+    def _reap(self) -> None:
+        for job_id, running in list(self._running.items()):
+            code = running.process.poll()
+            if code is None:
+                continue
+            if running.pidfd is not None:
+                self._selector.unregister(running.pidfd)
+                os.close(running.pidfd)
+            del self._running[job_id]
+            if running.reason == "cancelled":
+                status = JobStatus.CANCELLED
+            elif running.reason == "time limit" and code != 75:
+                status = JobStatus.TIMEOUT
+            else:
+                status = JobStatus.EXITED
+            self._finished[job_id] = SchedulerState(
+                status,
+                exit_code=code,
+                node=os.uname().nodename,
+                reason=running.reason,
+                runtime_s=time.monotonic() - running.started,
+            )
+
+    def _enforce_time_limits(self) -> None:
+        now = time.monotonic()
+        for job_id, running in list(self._running.items()):
+            if running.terminated_at is not None:
+                if now - running.terminated_at >= self.kill_delay_s:
+                    _signal_group(running.process, signal.SIGKILL)
+                continue
+            if running.deadline is None:
+                continue
+            if not running.warned and now >= running.deadline - self.signal_grace_s:
+                running.warned = True
+                _signal_group(running.process, signal.SIGUSR2)
+            if now >= running.deadline:
+                self._terminate(job_id, "time limit")
+
+    def _terminate(self, job_id: str, reason: str) -> None:
+        running = self._running[job_id]
+        if running.terminated_at is None:
+            running.terminated_at = time.monotonic()
+            running.reason = reason
+            _signal_group(running.process, signal.SIGTERM)
+
+
+def _child_setup(cpus: list[int]):  # type: ignore[no-untyped-def]
+    """In the child, before exec: pin to `cpus`, and die with SIGTERM when the parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def setup() -> None:
+        os.sched_setaffinity(0, cpus)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _visible_gpus() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip()]
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [
+        str(i) for i, line in enumerate(listing.stdout.splitlines()) if line.startswith("GPU ")
+    ]

@@ -1,0 +1,143 @@
+"""The grid: one job per emotion x modality set x fold x seed, with stable ids and hashes.
+
+A job id says where the job sits in the grid (`valence-visual+mfcc+vggish-fold3-seed0`), so it
+is the same in every launch of a run. Its configuration hash covers the experiment settings,
+the fold table and the store's content: a launch whose hash differs for an existing job is
+another experiment and is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from affvx.orchestrator.config import ExperimentConfig
+from affvx.orchestrator.folds import FoldTable
+from affvx.trainers.spec import TrainSpec
+
+PLAN_COLUMNS = ("job_id", "fold", "emotion", "modalities", "seed", "trial", "model", "config_hash")
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One cell of the grid. `emotion` is valence, arousal or both (multi-task)."""
+
+    job_id: str
+    fold: int
+    emotion: str
+    modalities: tuple[str, ...]
+    seed: int
+    model: str
+    config_hash: str
+    trial: int | None = None
+
+    @property
+    def modality_set(self) -> str:
+        return "+".join(self.modalities)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "fold": self.fold,
+            "emotion": self.emotion,
+            "modalities": self.modality_set,
+            "seed": self.seed,
+            "trial": self.trial,
+            "model": self.model,
+            "config_hash": self.config_hash,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> PlannedJob:
+        trial = row.get("trial")
+        return cls(
+            job_id=row["job_id"],
+            fold=int(row["fold"]),
+            emotion=row["emotion"],
+            modalities=tuple(row["modalities"].split("+")),
+            seed=int(row["seed"]),
+            model=row["model"],
+            config_hash=row["config_hash"],
+            trial=None if trial is None or trial != trial else int(trial),
+        )
+
+
+def job_id_of(emotion: str, modalities: tuple[str, ...], fold: int, seed: int) -> str:
+    return f"{emotion}-{'+'.join(modalities)}-fold{fold}-seed{seed}"
+
+
+def plan_jobs(
+    config: ExperimentConfig, folds: FoldTable, store_fingerprint: str
+) -> list[PlannedJob]:
+    """Every job of the grid, ordered by emotion, modality set, fold, seed."""
+    experiment = hashlib.sha256(
+        json.dumps(
+            {
+                "experiment": config.experiment_part(),
+                "folds": folds.to_json(),
+                "store": store_fingerprint,
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    jobs = []
+    for emotion in config.emotions:
+        for modalities in config.modalities:
+            for fold in range(len(folds.folds)):
+                for seed in config.seeds:
+                    job_id = job_id_of(emotion, modalities, fold, seed)
+                    digest = experiment.copy()
+                    digest.update(job_id.encode())
+                    jobs.append(
+                        PlannedJob(
+                            job_id=job_id,
+                            fold=fold,
+                            emotion=emotion,
+                            modalities=modalities,
+                            seed=seed,
+                            model=config.model.name,
+                            config_hash=digest.hexdigest()[:16],
+                        )
+                    )
+    return jobs
+
+
+def spec_for(
+    config: ExperimentConfig,
+    folds: FoldTable,
+    job: PlannedJob,
+    *,
+    threads: int | None = None,
+    time_limit_s: float | None = None,
+    device: str = "auto",
+) -> TrainSpec:
+    """The trainer's spec for one job of the grid."""
+    fold = folds.fold(job.fold)
+    emotions = ("valence", "arousal") if job.emotion == "both" else (job.emotion,)
+    training = config.training
+    return TrainSpec(
+        store=config.store,
+        fold=job.fold,
+        train_trials=fold.train,
+        validation_trials=fold.validation,
+        emotions=emotions,
+        modalities=job.modalities,
+        model=config.model,
+        seed=job.seed,
+        window=training.window,
+        hop=training.hop,
+        batch_size=training.batch_size,
+        lr=training.lr,
+        weight_decay=training.weight_decay,
+        max_epochs=training.max_epochs,
+        patience=training.patience,
+        lr_patience=training.lr_patience,
+        lr_factor=training.lr_factor,
+        min_lr=training.min_lr,
+        protocol=config.protocol,
+        device=device,
+        threads=threads,
+        time_limit_s=time_limit_s,
+    )
