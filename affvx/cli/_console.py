@@ -10,8 +10,16 @@ from typing import Any
 
 from rich.console import Console
 
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+def _console(**options: Any) -> Console:
+    """A console; in a pipe or a log (no terminal to measure) tables get 120 columns."""
+    console = Console(highlight=False, **options)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=120, **options)
+    return console
+
+
+stderr = _console(stderr=True)
+stdout = _console()
 
 
 def print_json(data: Any) -> None:
