@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs: espeak-ng makes real speech for the audio-feature tests.
-# Idempotent and quick when everything is present; needs root (or sudo) to install.
+# Debian packages the test suite needs: espeak-ng makes real speech for the audio-feature
+# tests; SLURM, munge, slurmdbd and MariaDB make the real clusters of tests/integration (the
+# tests start and stop their own daemons). Idempotent and quick when everything is present;
+# needs root (or sudo) to install.
 set -euo pipefail
-packages=(espeak-ng)
+packages=(espeak-ng slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

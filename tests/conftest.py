@@ -59,6 +59,29 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_store(path, SynthConfig())
 
 
+@pytest.fixture(scope="session")
+def reference_run(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test grid (tests/support/runs.py) run uninterrupted on the local backend and
+    collected, under <tmp>/runs/ so that it is the newest run there."""
+    import subprocess
+    import sys
+
+    from tests.support.runs import grid
+
+    run = tmp_path_factory.mktemp("work") / "runs" / "reference"
+    launch = subprocess.run(
+        [sys.executable, "-m", "affvx", *grid(small_store, run, "--max-parallel", "2")],
+        capture_output=True,
+        text=True,
+    )
+    assert launch.returncode == 0, launch.stderr
+    collect = subprocess.run(
+        [sys.executable, "-m", "affvx", "collect", str(run)], capture_output=True, text=True
+    )
+    assert collect.returncode == 0, collect.stderr
+    return run
+
+
 def leftovers(parent: Path, name: str) -> list[Path]:
     """Anything a failed build of `parent / name` left behind (the store or a staging dir)."""
     return [p for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.")]

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
+
 def _console(**options: Any) -> Console:
     """A console; in a pipe or a log (no terminal to measure) tables get 120 columns."""
     console = Console(highlight=False, **options)

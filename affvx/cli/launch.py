@@ -45,7 +45,7 @@ def launch_command(
     protocol: str = typer.Option(None, "--protocol", help="abaw2 or kfold [default: abaw2]."),
     store: Path = typer.Option(None, "--store", help="Feature store [default: the demo corpus]."),
     run: Path = typer.Option(None, "--run", help="Run directory [default: runs/<timestamp>]."),
-    backend: str = typer.Option(None, "--backend", help="local [default: local]."),
+    backend: str = typer.Option(None, "--backend", help="local or slurm [default: local]."),
     max_parallel: int = typer.Option(
         None, "--max-parallel", help="Most jobs at once (local) [default: CPUs / cpus per job]."
     ),
@@ -61,6 +61,19 @@ def launch_command(
     ),
     max_retries: int = typer.Option(
         None, "--max-retries", help="Retries of a failed job per launch [default: 2]."
+    ),
+    partition: str = typer.Option(None, "--partition", help="SLURM partition."),
+    account: str = typer.Option(None, "--account", help="SLURM account."),
+    qos: str = typer.Option(None, "--qos", help="SLURM quality of service."),
+    constraint: str = typer.Option(None, "--constraint", help="SLURM node constraint."),
+    sbatch: list[str] = typer.Option(
+        None, "--sbatch", help="Extra #SBATCH directive KEY=VALUE; repeat for several."
+    ),
+    setup: list[str] = typer.Option(
+        None, "--setup", help="Shell line run before each job (module load ...); repeat."
+    ),
+    array_parallelism: int = typer.Option(
+        None, "--array-parallelism", help="Most array tasks running at once (SLURM %N)."
     ),
     config: Path = typer.Option(
         None, "--config", help="experiment.toml with any of these settings (flags win)."
@@ -94,7 +107,19 @@ def launch_command(
         "model": {"name": model},
         "training": {"max_epochs": epochs, "lr": lr},
         "resources": {"cpus": cpus, "gpus": gpus, "time_limit_min": time_limit},
-        "backend": {"name": backend, "max_retries": max_retries},
+        "backend": {
+            "name": backend,
+            "max_retries": max_retries,
+            "slurm": {
+                "partition": partition,
+                "account": account,
+                "qos": qos,
+                "constraint": constraint,
+                "extra_directives": list(sbatch) if sbatch else None,
+                "setup": list(setup) if setup else None,
+                "array_parallelism": array_parallelism,
+            },
+        },
     }
     with LiveLaunchView(stderr) as view:
         outcome = launch(
@@ -141,6 +166,9 @@ def _print_plan(outcome: Any) -> None:
     stdout.print(table)
     for script in outcome.dry_run_scripts:
         stdout.print(script, markup=False, highlight=False, soft_wrap=True)
+    if outcome.jobs:
+        command = outcome.dry_run_command.replace(outcome.jobs[0].job_id, "<job_id>")
+        stdout.print(f"# every job runs: {command}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_summary(outcome: Any) -> None:

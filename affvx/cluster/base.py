@@ -15,8 +15,13 @@ and gets back scheduler ids, which it stores in the run directory. The contract:
   exits), later SIGKILL; a queued job never starts. Unknown or finished ids are ignored.
 - `render(requests)` returns the script(s) `submit` would hand the scheduler, for --dry-run.
 - `requeues_itself`: True when the scheduler restarts a job that exits with REQUEUE_EXIT_CODE
-  under the same id (SLURM via `scontrol requeue`); otherwise the orchestrator resubmits it.
+  under the same id (SLURM via `scontrol requeue`): `poll` then shows it PENDING again. A job
+  that ended with that status anyway (any backend) is resubmitted by the orchestrator.
 - `close()` releases what the backend holds (the local backend stops its children).
+
+Jobs start with STOP_SIGNALS blocked (a backend starts them under `stop_signals_blocked`),
+so that a warning or a preemption arriving while the job is still starting up is held, not
+fatal: the job unblocks them once its handlers can checkpoint (affvx's trainer does).
 
 Jobs communicate with the orchestrator through files, not through the backend; the exit
 status is a hint: 0 complete, REQUEUE_EXIT_CODE checkpointed and wants to run again, 2 bad
@@ -26,12 +31,32 @@ input (do not retry), anything else failed.
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
+import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REQUEUE_EXIT_CODE = 75  # the trainers' "checkpointed, run me again" status (EX_TEMPFAIL)
 INPUT_ERROR_EXIT_CODE = 2
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+
+def block_stop_signals() -> None:
+    """Block STOP_SIGNALS in the calling thread (for a child's preexec_fn)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """STOP_SIGNALS blocked in this thread for the duration: children started inside inherit
+    the blocked mask; signals that arrive meanwhile are delivered when it ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass(frozen=True)
@@ -96,6 +121,9 @@ class Backend(abc.ABC):
 
     name: str = ""
     requeues_itself: bool = False
+    poll_interval_s: float = (
+        1.0  # how often a driver may ask `poll` (cheap locally, not on a cluster)
+    )
 
     @abc.abstractmethod
     def submit(self, requests: list[JobRequest]) -> list[str]: ...

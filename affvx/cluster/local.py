@@ -20,7 +20,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from affvx.cluster.base import Backend, JobRequest, JobStatus, SchedulerState
+from affvx.cluster.base import (
+    Backend,
+    JobRequest,
+    JobStatus,
+    SchedulerState,
+    block_stop_signals,
+)
 from affvx.cluster.errors import ClusterError
 
 _PR_SET_PDEATHSIG = 1
@@ -114,13 +120,12 @@ class LocalBackend(Backend):
             self._terminate(job_id, "cancelled")
 
     def render(self, requests: list[JobRequest]) -> list[str]:
-        """One summary: the local backend runs every job as the same command with its key."""
+        """A summary: no script, child processes with these slots, limits and environment."""
         if not requests:
             return []
         first = requests[0]
         limit = first.resources.time_limit_min
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in first.env)
-        command = shlex.join(first.command).replace(shlex.quote(first.key), "<job_id>")
         gpus = f" and GPUs {','.join(self.gpus)}" if self.gpus else ""
         signals = (
             f", {limit:g} min (SIGUSR2 {self.signal_grace_s:g} s before, SIGTERM at the limit)"
@@ -130,8 +135,8 @@ class LocalBackend(Backend):
         return [
             f"# local backend: {len(requests)} jobs, up to {self.max_parallel} at once on CPUs "
             f"{','.join(map(str, self.cpus))}{gpus}\n"
-            f"# each: {first.resources.cpus} CPU, {first.resources.gpus} GPU{signals}\n"
-            f"cd {shlex.quote(str(first.workdir))} && {env + ' ' if env else ''}{command}\n"
+            f"# each: {first.resources.cpus} CPU, {first.resources.gpus} GPU{signals}; in "
+            f"{shlex.quote(str(first.workdir))} with {env}\n"
         ]
 
     def close(self) -> None:
@@ -266,11 +271,13 @@ class LocalBackend(Backend):
 
 
 def _child_setup(cpus: list[int]):  # type: ignore[no-untyped-def]
-    """In the child, before exec: pin to `cpus`, and die with SIGTERM when the parent dies."""
+    """In the child, before exec: pin to `cpus`, die with SIGTERM when the parent dies, and
+    hold stop signals until the job can handle them (the contract in affvx.cluster.base)."""
     libc = ctypes.CDLL(None, use_errno=True)
     parent = os.getpid()
 
     def setup() -> None:
+        block_stop_signals()
         os.sched_setaffinity(0, cpus)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:  # the parent died before prctl took effect

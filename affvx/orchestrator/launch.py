@@ -10,6 +10,7 @@ submitted (again).
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import sys
 import time
@@ -61,6 +62,7 @@ class LaunchOutcome:
     dry_run_scripts: list[str] = field(default_factory=list)
     jobs: list[PlannedJob] = field(default_factory=list)
     runtime_s: dict[str, float] = field(default_factory=dict)
+    dry_run_command: str = ""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -195,14 +197,14 @@ class Driver:
         backend: Backend,
         *,
         observer: LaunchObserver | None = None,
-        poll_interval_s: float = 1.0,
+        poll_interval_s: float | None = None,
     ) -> None:
         self.run = run
         self.config = config
         self.jobs = {job.job_id: job for job in jobs}
         self.backend = backend
         self.observer = observer or LaunchObserver()
-        self.poll_interval_s = poll_interval_s
+        self.poll_interval_s = poll_interval_s or backend.poll_interval_s
         self.active: dict[str, str] = {}  # job id -> scheduler id
         self.failures: dict[str, int] = {}
         self.final: set[str] = set()
@@ -311,7 +313,7 @@ class Driver:
         code = state.exit_code
         if code == EXIT_REQUEUE:
             self.observer.on_event(job_id, "checkpointed; requeued")
-            return not self.backend.requeues_itself
+            return True  # it ended, so the scheduler did not requeue it: submit it again
         reason = {JobStatus.TIMEOUT: "timeout", JobStatus.UNKNOWN: "lost"}.get(
             state.status, "failed"
         )
@@ -397,7 +399,7 @@ def launch(
     max_parallel: int | None = None,
     observer: LaunchObserver | None = None,
     note: Callable[[str], None] = lambda message: None,
-    poll_interval_s: float = 1.0,
+    poll_interval_s: float | None = None,
 ) -> LaunchOutcome:
     """Plan, then submit and (unless detached) follow every unfinished job of the run."""
     observer = observer or LaunchObserver()
@@ -407,7 +409,12 @@ def launch(
     backend = make_backend(config, max_parallel)
     if dry_run:
         requests = job_requests(run, config, jobs, backend.name)
-        return LaunchOutcome(run=run, jobs=jobs, dry_run_scripts=backend.render(requests))
+        return LaunchOutcome(
+            run=run,
+            jobs=jobs,
+            dry_run_scripts=backend.render(requests),
+            dry_run_command=shlex.join(requests[0].command) if requests else "",
+        )
     if not existing:
         run.create(config, folds, jobs)
     observer.on_plan(run, jobs, existing)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affvx.cluster.base import JobStatus
+from affvx.cluster.base import JobStatus, SchedulerState
 from affvx.orchestrator.ledger import (
     JobFiles,
     JobState,
@@ -135,7 +135,7 @@ def run_status(run_path: Path, *, query_scheduler: bool = True) -> RunStatus:
     status = RunStatus(run=run, jobs=jobs, views=views, driver=driver)
     scheduler = _scheduler_states(run, views) if query_scheduler else {}
     for view in views.values():
-        _merge(view, scheduler.get(view.scheduler_id))
+        merge_scheduler_state(view, scheduler.get(view.scheduler_id))
     unfinished = any(not v.state.is_finished() for v in views.values())
     if unfinished and not (driver and driver.get("alive")) and run.config.backend.name == "local":
         status.note = f"no affvx process follows this run; `affvx launch --resume --run {run.path}` continues it"
@@ -161,7 +161,8 @@ def _scheduler_states(run: RunDir, views: dict[str, JobView]) -> dict[str, Any]:
         return {}
 
 
-def _merge(view: JobView, scheduled: Any) -> None:
+def merge_scheduler_state(view: JobView, scheduled: SchedulerState | None) -> None:
+    """Correct a job's file view with the scheduler's: start it, or declare it LOST."""
     if (
         view.state is JobState.SUBMITTED
         and scheduled is not None

@@ -138,7 +138,9 @@ def begin_attempt(files: JobFiles, backend: str) -> dict[str, Any]:
 
 
 def end_attempt(files: JobFiles, state: dict[str, Any], outcome: str, reason: str = "") -> None:
-    final = {"completed": "COMPLETE", "preempted": "PREEMPTED"}.get(outcome, "FAILED")
+    final = {"completed": "COMPLETE", "preempted": "PREEMPTED", "cancelled": "CANCELLED"}.get(
+        outcome, "FAILED"
+    )
     ended = {
         **state,
         "state": final,
@@ -197,7 +199,9 @@ def run_worker(run_path: Path, job_id: str) -> int:
     if outcome.result is not None:
         end_attempt(files, state, "completed")
         return EXIT_COMPLETE
-    end_attempt(files, state, "preempted")
+    # stopped after a checkpoint: by `affvx cancel` (which marks the job first) or to be requeued
+    cancelled = bool((files.submission() or {}).get("cancelled_utc"))
+    end_attempt(files, state, "cancelled" if cancelled else "preempted")
     return EXIT_REQUEUE
 
 

@@ -95,7 +95,11 @@ class StopPolicy:
 
     @contextlib.contextmanager
     def catching_signals(self) -> Iterator[None]:
-        """Turn stop signals into a flag for the duration (main thread only)."""
+        """Turn stop signals into a flag for the duration (main thread only).
+
+        Schedulers start jobs with these signals blocked; one that arrived during start-up is
+        delivered here, once the handler is in place, and stops the job at its first check.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -106,9 +110,11 @@ class StopPolicy:
 
         for sig in STOP_SIGNALS:
             signal.signal(sig, handler)
+        previous_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         try:
             yield
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             for sig, old in previous.items():
                 signal.signal(sig, old)
 

@@ -11,9 +11,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,101 +19,23 @@ import pytest
 from affvx.orchestrator.ledger import JobFiles
 from affvx.orchestrator.rundir import RunDir
 from affvx.storage.reader import FeatureStore
+from tests.support.runs import (
+    affvx,
+    attempts,
+    grid,
+    job_dirs,
+    metrics_without_seconds,
+    report_files,
+    running_with_checkpoint,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def grid(store: Path, run: Path, *extra: object) -> list[str]:
-    return [
-        "launch",
-        "--store",
-        str(store),
-        "--run",
-        str(run),
-        "--folds",
-        "3",
-        "--emotions",
-        "valence,arousal",
-        "--modalities",
-        "visual",
-        "--modalities",
-        "visual,mfcc",
-        "--model",
-        "tcn",
-        "--epochs",
-        "4",
-        "--max-parallel",
-        "2",
-        *map(str, extra),
-    ]
-
-
-def affvx(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "affvx", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_until(condition, timeout_s: float = 120.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll the run directory until `condition()` is truthy (bounded; files are the signal)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def job_dirs(run: Path) -> list[Path]:
-    return sorted((run / "jobs").iterdir()) if (run / "jobs").exists() else []
-
-
-def attempts(job_dir: Path) -> list[dict]:
-    return JobFiles(job_dir).attempts()
-
-
-def running_with_checkpoint(run: Path) -> list[tuple[Path, int]]:
-    found = []
-    for job_dir in job_dirs(run):
-        state = JobFiles(job_dir).state() or {}
-        if (
-            state.get("state") == "RUNNING"
-            and (job_dir / "checkpoint.pt").exists()
-            and not (job_dir / "result.json").exists()
-        ):
-            found.append((job_dir, int(state["pid"])))
-    return found
-
-
-def report_files(run: Path) -> dict[str, bytes]:
-    report = run / "report"
-    wanted = [
-        "folds.csv",
-        "summary.csv",
-        *(f"submission/VA_Set/{p.name}" for p in (report / "submission/VA_Set").iterdir()),
-    ]
-    return {name: (report / name).read_bytes() for name in wanted}
-
-
-@pytest.fixture(scope="module")
-def reference(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted run, collected (under <tmp>/runs/, so it is the newest run there)."""
-    run = tmp_path_factory.mktemp("work") / "runs" / "reference"
-    process = affvx(*grid(small_store, run))
-    out, err = process.communicate()
-    assert process.returncode == 0, err
-    assert (
-        subprocess.run(
-            [sys.executable, "-m", "affvx", "collect", str(run)], capture_output=True
-        ).returncode
-        == 0
-    )
-    return run
+@pytest.fixture
+def reference(reference_run: Path) -> Path:
+    return reference_run
 
 
 def test_the_grid_runs_to_completion_with_every_output(reference: Path) -> None:
@@ -275,10 +194,9 @@ def test_a_killed_job_is_retried_and_resumes_from_its_checkpoint(
     assert [a["exit_reason"] for a in lines] == ["failed", "completed"]
     assert lines[0]["exit_code"] == -signal.SIGKILL
     assert json.loads((victim / "progress.json").read_text())["resumed"] is True
-    ours = (victim / "metrics.csv").read_text().splitlines()
-    theirs = (reference / "jobs" / victim.name / "metrics.csv").read_text().splitlines()
-    strip = lambda rows: [row.rsplit(",", 1)[0] for row in rows]  # noqa: E731 (drop `seconds`)
-    assert strip(ours) == strip(theirs)
+    assert metrics_without_seconds(victim) == metrics_without_seconds(
+        reference / "jobs" / victim.name
+    )
 
 
 def test_a_job_that_always_fails_ends_failed_and_the_rest_finish(

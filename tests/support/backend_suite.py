@@ -6,6 +6,7 @@ A backend's test module subclasses `BackendConformance` and provides the `backen
 
 from __future__ import annotations
 
+import ast
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ def python_job(tmp_path: Path, key: str, code: str, **resources: object) -> JobR
     )
 
 
-# A job that reports which signals reached it in a file, and exits 75 on SIGTERM / SIGUSR2.
+# A job that reports which signals reached it in a file, and exits 75 on SIGTERM.
 SIGNAL_RECORDER = """
 import os, pathlib, signal, sys, time
 out = pathlib.Path(os.environ["AFFVX_TEST_KEY"] + ".signals")
@@ -36,6 +37,7 @@ def handler(signum, frame):
         sys.exit(75)
 signal.signal(signal.SIGTERM, handler)
 signal.signal(signal.SIGUSR2, handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM, signal.SIGUSR2])  # ready for them
 pathlib.Path(os.environ["AFFVX_TEST_KEY"] + ".started").write_text(str(os.getpid()))
 while True:
     time.sleep(0.05)
@@ -60,16 +62,34 @@ class BackendConformance:
     def test_exit_codes_come_back(self, backend: Backend, tmp_path: Path) -> None:
         requests = [
             python_job(tmp_path, "ok", "print('hello')"),
-            python_job(tmp_path, "requeue", f"import sys; sys.exit({REQUEUE_EXIT_CODE})"),
             python_job(tmp_path, "fail", "raise SystemExit(3)"),
         ]
         ids = backend.submit(requests)
-        assert len(set(ids)) == 3 and all(isinstance(i, str) and i for i in ids)
+        assert len(set(ids)) == 2 and all(isinstance(i, str) and i for i in ids)
         states = self.wait_for(
             backend, ids, lambda s: all(not x.status.is_active() for x in s.values())
         )
-        assert [states[i].status for i in ids] == [JobStatus.EXITED] * 3
-        assert [states[i].exit_code for i in ids] == [0, REQUEUE_EXIT_CODE, 3]
+        assert [states[i].status for i in ids] == [JobStatus.EXITED] * 2
+        assert [states[i].exit_code for i in ids] == [0, 3]
+
+    def test_the_requeue_status_means_run_again(self, backend: Backend, tmp_path: Path) -> None:
+        """A scheduler that requeues by itself runs the job again under the same id; the
+        others report the status and leave the requeue to the orchestrator."""
+        counter = tmp_path / "runs"
+        code = (
+            f"import pathlib, sys; p = pathlib.Path({str(counter)!r}); "
+            "n = len(p.read_text()) if p.exists() else 0; p.write_text('x' * (n + 1)); "
+            f"sys.exit({REQUEUE_EXIT_CODE} if n == 0 else 0)"
+        )
+        [job_id] = backend.submit([python_job(tmp_path, "again", code)])
+        state = self.wait_for(backend, [job_id], lambda s: not s[job_id].status.is_active())
+        state = state[job_id]
+        runs = counter.read_text()
+        if backend.requeues_itself:
+            assert (state.status, state.exit_code, runs) == (JobStatus.EXITED, 0, "xx")
+        else:
+            expected = (JobStatus.EXITED, REQUEUE_EXIT_CODE, "x")
+            assert (state.status, state.exit_code, runs) == expected
 
     def test_logs_and_environment_reach_the_job(self, backend: Backend, tmp_path: Path) -> None:
         [job_id] = backend.submit(
@@ -78,6 +98,14 @@ class BackendConformance:
         self.wait_for(backend, [job_id], lambda s: not s[job_id].status.is_active())
         logs = list((tmp_path / "logs" / "env").glob("*.out"))
         assert logs and "env" in logs[0].read_text()
+
+    def test_jobs_start_with_stop_signals_held(self, backend: Backend, tmp_path: Path) -> None:
+        report = "import signal; print(sorted(s.name for s in signal.pthread_sigmask(0, [])))"
+        [job_id] = backend.submit([python_job(tmp_path, "mask", report)])
+        self.wait_for(backend, [job_id], lambda s: not s[job_id].status.is_active())
+        [log] = list((tmp_path / "logs" / "mask").glob("*.out"))
+        held = ast.literal_eval(log.read_text().splitlines()[-1])
+        assert {"SIGUSR2", "SIGTERM", "SIGINT"} <= set(held)
 
     def test_unknown_ids_are_unknown_never_completed(self, backend: Backend) -> None:
         states = backend.poll(["no-such-job-4242"])
@@ -91,6 +119,9 @@ class BackendConformance:
         assert states[job_id].status is JobStatus.CANCELLED
         assert "SIGTERM" in (tmp_path / "victim.signals").read_text()
 
-    def test_render_shows_the_command(self, backend: Backend, tmp_path: Path) -> None:
-        scripts = backend.render([python_job(tmp_path, "shown", "print(1)")])
-        assert scripts and any("-c" in script and "print(1)" in script for script in scripts)
+    def test_render_returns_what_would_be_submitted(
+        self, backend: Backend, tmp_path: Path
+    ) -> None:
+        scripts = backend.render([python_job(tmp_path, f"shown{i}", "print(1)") for i in range(3)])
+        assert scripts and all(isinstance(s, str) and s.strip() for s in scripts)
+        assert backend.poll([]) == {}  # rendering submitted nothing

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import shutil
 import signal
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from affvx.orchestrator.train import single_job_spec
-from affvx.trainers.job import EXIT_REQUEUE, JobOutcome, run_job
+from affvx.trainers.job import EXIT_REQUEUE, STOP_SIGNALS, JobOutcome, run_job
 
 RUNNER = Path(__file__).resolve().parents[1] / "support" / "job_process.py"
 
@@ -101,6 +102,30 @@ def interrupt_at_random_batch(spec_file: Path, job_dir: Path, sig: int, rng: ran
     process.communicate()
     assert (job_dir / "checkpoint.pt").exists()
     return process.returncode
+
+
+def _start_with_usr2_pending() -> None:
+    """As a scheduler starts a job that was warned before it could listen (preexec_fn)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    os.kill(os.getpid(), signal.SIGUSR2)
+
+
+def test_a_stop_signal_during_start_up_is_held_until_the_job_can_checkpoint(
+    spec_file: Path, reference: Path, tmp_path: Path
+) -> None:
+    job_dir = tmp_path / "job"
+    process = subprocess.Popen(
+        [sys.executable, str(RUNNER), str(spec_file), str(job_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_start_with_usr2_pending,
+    )
+    out, err = process.communicate()
+    assert process.returncode == EXIT_REQUEUE, err  # not killed by the signal, not ignoring it
+    assert not (job_dir / "result.json").exists()
+    run_to_end(spec_file, job_dir)
+    assert_same_outputs(job_dir, reference)
 
 
 @pytest.mark.parametrize("seed", [1, 2])

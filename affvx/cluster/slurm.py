@@ -1,0 +1,435 @@
+"""The `slurm` backend: job arrays through submitit, requeue on USR2 / SIGTERM, state with or
+without accounting.
+
+Submission. Requests go to submitit's SlurmExecutor as one job array per batch (split to the
+cluster's MaxArraySize, `%N` = array_parallelism). Each task is a pickled `RunCommand` that
+runs the job's argv as a child process. The batch script `exec`s Python, so the Python
+process *is* the batch shell and receives `--signal=B:USR2@<grace>` itself.
+
+Signals. USR2 (the warning before the time limit, or a preemption with
+`preempt_send_user_signal`) and SIGTERM (preemption, scontrol requeue, scancel) are forwarded
+to the child, which checkpoints and exits with REQUEUE_EXIT_CODE. If SLURM is not already
+ending the job (a warning signal), the task asks it to requeue the job (`scontrol requeue`:
+same id, SLURM_RESTART_COUNT + 1); SLURM requeues preempted and `scontrol requeue`d jobs by
+itself, and a cancelled job stays cancelled.
+
+State. `sacct` when the cluster has accounting; otherwise `squeue -t all` for what slurmctld
+still holds and `scontrol show job` for exit codes. An id neither knows is UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affvx.cluster.base import (
+    REQUEUE_EXIT_CODE,
+    STOP_SIGNALS,
+    Backend,
+    JobRequest,
+    JobStatus,
+    Resources,
+    SchedulerState,
+    stop_signals_blocked,
+)
+from affvx.cluster.errors import ClusterError, SchedulerCommandError
+
+DEFAULT_MAX_ARRAY_SIZE = 1001
+STATES = {
+    "PENDING": JobStatus.PENDING,
+    "CONFIGURING": JobStatus.PENDING,
+    "RUNNING": JobStatus.RUNNING,
+    "COMPLETING": JobStatus.RUNNING,
+    "SUSPENDED": JobStatus.RUNNING,
+    "STOPPED": JobStatus.RUNNING,
+    "RESIZING": JobStatus.RUNNING,
+    "REQUEUED": JobStatus.REQUEUED,
+    "REQUEUE_FED": JobStatus.REQUEUED,
+    "REQUEUE_HOLD": JobStatus.REQUEUED,
+    "PREEMPTED": JobStatus.REQUEUED,
+    "COMPLETED": JobStatus.EXITED,
+    "FAILED": JobStatus.EXITED,
+    "OUT_OF_MEMORY": JobStatus.EXITED,
+    "BOOT_FAIL": JobStatus.EXITED,
+    "DEADLINE": JobStatus.EXITED,
+    "NODE_FAIL": JobStatus.EXITED,
+    "CANCELLED": JobStatus.CANCELLED,
+    "TIMEOUT": JobStatus.TIMEOUT,
+}
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    """What a SLURM task runs (pickled by submitit): the job's argv as a child process.
+
+    Stop signals reaching the task are passed on to the child; a child that exits with
+    REQUEUE_EXIT_CODE gets its job requeued, unless SLURM is already ending the job.
+    """
+
+    command: tuple[str, ...]
+    workdir: str
+    env: tuple[tuple[str, str], ...]
+    log_dir: str
+
+    def __call__(self) -> int:
+        env = dict(os.environ)
+        env.update(self.env)
+        job_id = _own_job_id()
+        os.makedirs(self.log_dir, exist_ok=True)
+        log = os.path.join(self.log_dir, job_id)
+        child: subprocess.Popen[bytes] | None = None
+
+        def forward(signum: int, frame: Any) -> None:
+            if child is not None and child.poll() is None:
+                child.send_signal(signum)
+
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, forward)
+        # a signal during the spawn waits for `child`; the child holds it until it is ready
+        with stop_signals_blocked():
+            with open(f"{log}.out", "ab") as out, open(f"{log}.err", "ab") as err:
+                child = subprocess.Popen(
+                    list(self.command), cwd=self.workdir, env=env, stdout=out, stderr=err
+                )
+        code = child.wait()
+        if code == REQUEUE_EXIT_CODE:
+            _requeue_self()
+        if code != 0:
+            sys.exit(code if code > 0 else 128 - code)
+        return code
+
+
+def _own_job_id() -> str:
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID", "")
+
+
+def _requeue_self() -> None:
+    """Ask SLURM to run this job again -- only while it is RUNNING.
+
+    A job SLURM is already ending is COMPLETING: then `scontrol requeue` and preemption requeue
+    it by themselves, and `scancel` or the time limit end it for good (requeueing it ourselves
+    would bring a cancelled job back to life).
+    """
+    job_id = _own_job_id()
+    if not job_id:
+        return
+    state = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+    )
+    if state.stdout.strip() == "RUNNING":
+        subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+
+
+class SlurmBackend(Backend):
+    """Runs jobs on a SLURM cluster through submitit (see the module docstring)."""
+
+    name = "slurm"
+    requeues_itself = True
+
+    def __init__(
+        self,
+        *,
+        partition: str | None = None,
+        account: str | None = None,
+        qos: str | None = None,
+        constraint: str | None = None,
+        extra_directives: Sequence[str] = (),
+        setup: Sequence[str] = (),
+        array_parallelism: int = 256,
+        signal_grace_s: int = 120,
+        accounting: str = "auto",
+        default_time_min: float = 24 * 60,
+        poll_interval_s: float = 10.0,
+        folder: str | None = None,
+        python: str | None = None,
+    ) -> None:
+        if accounting not in ("auto", "sacct", "none"):
+            raise ClusterError(
+                f"[backend.slurm] accounting = {accounting!r}: choose auto, sacct or none"
+            )
+        if array_parallelism < 1:
+            raise ClusterError("[backend.slurm] array_parallelism must be >= 1")
+        self.partition, self.account, self.qos, self.constraint = (
+            partition,
+            account,
+            qos,
+            constraint,
+        )
+        self.extra_directives = [_directive(d) for d in extra_directives]
+        self.setup = list(setup)
+        self.array_parallelism = array_parallelism
+        self.signal_grace_s = signal_grace_s
+        self.accounting = accounting
+        self.default_time_min = default_time_min
+        self.poll_interval_s = poll_interval_s
+        self.folder = folder
+        self.python = python or sys.executable
+        self._sacct_works: bool | None = None if accounting == "auto" else accounting == "sacct"
+        self._max_array_size: int | None = None
+
+    # -- scripts ------------------------------------------------------------------------------
+
+    def parameters(self, resources: Resources, name: str) -> dict[str, Any]:
+        """submitit's SlurmExecutor parameters for jobs with these resources."""
+        directives: dict[str, Any] = {"signal": f"B:USR2@{self.signal_grace_s}", "requeue": True}
+        directives.update(dict(self.extra_directives))
+        parameters: dict[str, Any] = {
+            "job_name": name,
+            "cpus_per_task": resources.cpus,
+            "use_srun": False,  # the task is the batch shell, so it gets B: signals
+            "array_parallelism": self.array_parallelism,
+            "additional_parameters": directives,
+            "stderr_to_stdout": False,
+            "time": int(max(1, round(resources.time_limit_min or self.default_time_min))),
+        }
+        if resources.gpus:
+            parameters["gpus_per_node"] = resources.gpus
+        if resources.mem_gb:
+            parameters["mem"] = f"{int(resources.mem_gb * 1024)}MB"
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(self, key):
+                parameters[key] = getattr(self, key)
+        if self.setup:
+            parameters["setup"] = list(self.setup)
+        return parameters
+
+    def render(self, requests: list[JobRequest]) -> list[str]:
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        scripts = []
+        for chunk in self._chunks(requests, self._array_size_or_default()):
+            first = chunk[0]
+            folder = self._folder(first)
+            parameters = self.parameters(first.resources, _job_name(first))
+            if len(chunk) > 1:
+                parameters["map_count"] = len(chunk)
+            command = " ".join(
+                [self._python_command(), "-u -m submitit.core._submit", shlex.quote(str(folder))]
+            )
+            scripts.append(_make_sbatch_string(command=command, folder=folder, **parameters))
+        return scripts
+
+    def _python_command(self) -> str:
+        return "exec " + shlex.quote(self.python)
+
+    def _folder(self, request: JobRequest) -> Path:
+        return Path(self.folder) if self.folder else request.workdir / "slurm"
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def submit(self, requests: list[JobRequest]) -> list[str]:
+        if not requests:
+            return []
+        executor_class = _submitit_executor()
+        ids: list[str] = []
+        for chunk in self._chunks(requests, self.max_array_size()):
+            first = chunk[0]
+            executor = executor_class(folder=self._folder(first), python=self._python_command())
+            try:
+                executor.update_parameters(**self.parameters(first.resources, _job_name(first)))
+                tasks = [
+                    RunCommand(r.command, str(r.workdir), r.env, str(r.log_dir)) for r in chunk
+                ]
+                with executor.batch():
+                    jobs = [executor.submit(task) for task in tasks]
+            except subprocess.CalledProcessError as error:
+                raise SchedulerCommandError(
+                    list(error.cmd), error.returncode, _text(error.stdout), _text(error.stderr)
+                ) from None
+            except (ValueError, RuntimeError) as error:
+                raise ClusterError(
+                    f"sbatch refused the jobs: {' '.join(str(error).split())}"
+                ) from None
+            ids.extend(job.job_id for job in jobs)
+        return ids
+
+    def poll(self, ids: list[str]) -> dict[str, SchedulerState]:
+        if not ids:
+            return {}
+        states: dict[str, SchedulerState] = {}
+        if self._use_sacct():
+            states = self._from_sacct(ids)
+        missing = [i for i in ids if i not in states]
+        if missing:
+            states.update(self._from_squeue(missing))
+        ended_without_code = [
+            i for i, s in states.items() if s.exit_code is None and not s.status.is_active()
+        ]
+        if ended_without_code:
+            for job_id, state in self._from_scontrol(ended_without_code).items():
+                states[job_id] = state
+        return {i: states.get(i, SchedulerState(JobStatus.UNKNOWN)) for i in ids}
+
+    def cancel(self, ids: list[str]) -> None:
+        if ids:
+            _run(["scancel", *ids], check=False)
+
+    # -- arrays -------------------------------------------------------------------------------
+
+    def max_array_size(self) -> int:
+        """The cluster's MaxArraySize (from `scontrol show config`)."""
+        if self._max_array_size is None:
+            output = _run(["scontrol", "show", "config"], check=False)
+            match = re.search(r"^MaxArraySize\s*=\s*(\d+)", output, flags=re.M)
+            self._max_array_size = int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+        return self._max_array_size
+
+    def _array_size_or_default(self) -> int:
+        return self._max_array_size or DEFAULT_MAX_ARRAY_SIZE
+
+    @staticmethod
+    def _chunks(requests: list[JobRequest], size: int) -> list[list[JobRequest]]:
+        """Batches of equal resources, each at most `size` (array indices 0..size-1)."""
+        groups: dict[Resources, list[JobRequest]] = {}
+        for request in requests:
+            groups.setdefault(request.resources, []).append(request)
+        return [
+            group[i : i + size] for group in groups.values() for i in range(0, len(group), size)
+        ]
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _use_sacct(self) -> bool:
+        if self._sacct_works is None:
+            probe = subprocess.run(
+                ["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True
+            )
+            self._sacct_works = probe.returncode == 0
+        return self._sacct_works
+
+    def _from_sacct(self, ids: list[str]) -> dict[str, SchedulerState]:
+        bases = sorted({i.split("_")[0] for i in ids})
+        output = _run(
+            [
+                "sacct",
+                "-n",
+                "-X",
+                "-P",
+                "-o",
+                "JobID,State,ExitCode,NodeList",
+                "-j",
+                ",".join(bases),
+            ],
+            check=False,
+        )
+        states = {}
+        for line in output.splitlines():
+            fields = line.split("|")
+            if len(fields) < 4:
+                continue
+            job_field, state, exit_code, node = fields[:4]
+            for job_id in _expand(job_field):
+                states[job_id] = _state(state, exit_code, node)
+        return states
+
+    def _from_squeue(self, ids: list[str]) -> dict[str, SchedulerState]:
+        output = _run(
+            ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%N|%r"], check=False
+        )
+        states = {}
+        for line in output.splitlines():
+            fields = line.split("|")
+            if len(fields) < 4:
+                continue
+            job_field, state, node, reason = fields[:4]
+            for job_id in _expand(job_field):
+                states[job_id] = SchedulerState(
+                    STATES.get(state, JobStatus.UNKNOWN), node=node, reason=reason
+                )
+        return states
+
+    def _from_scontrol(self, ids: list[str]) -> dict[str, SchedulerState]:
+        states = {}
+        for base in sorted({i.split("_")[0] for i in ids}):
+            output = _run(["scontrol", "show", "job", "-o", base], check=False)
+            for line in output.splitlines():
+                fields = dict(re.findall(r"(\w+)=(\S*)", line))
+                if "JobState" not in fields:
+                    continue
+                task = fields.get("ArrayTaskId")
+                job_id = (
+                    f"{fields['ArrayJobId']}_{task}"
+                    if task and fields.get("ArrayJobId")
+                    else fields.get("JobId", "")
+                )
+                states[job_id] = _state(
+                    fields["JobState"], fields.get("ExitCode", ""), fields.get("NodeList", "")
+                )
+        return states
+
+
+def _state(state: str, exit_code: str, node: str) -> SchedulerState:
+    """A SchedulerState from SLURM's state word and `code:signal` exit code."""
+    word = state.split()[0] if state else ""
+    status = STATES.get(word, JobStatus.UNKNOWN)
+    code: int | None = None
+    if ":" in exit_code and not status.is_active():
+        value, _, sig = exit_code.partition(":")
+        code = (
+            -int(sig) if sig.isdigit() and int(sig) else (int(value) if value.isdigit() else None)
+        )
+    return SchedulerState(
+        status, exit_code=code, node=node if node != "None assigned" else "", reason=state
+    )
+
+
+def _expand(job_field: str) -> list[str]:
+    """`123`, `123_4`, `123_[1-3,7%2]` -> the job ids they stand for."""
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_field)
+    if not match:
+        return [job_field]
+    base, spec = match.group(1), match.group(2).split("%")[0]
+    ids = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        ids.extend(f"{base}_{i}" for i in range(int(first), int(last or first) + 1))
+    return ids
+
+
+def _directive(text: str) -> tuple[str, Any]:
+    """`--key=value`, `key=value` or `--flag` -> (key, value)."""
+    text = text.strip()
+    if text.startswith("#SBATCH"):
+        text = text[len("#SBATCH") :].strip()
+    key, sep, value = text.lstrip("-").partition("=")
+    if not key:
+        raise ClusterError(f"extra sbatch directive {text!r}: use key=value, e.g. mail-type=END")
+    return key.strip().replace("_", "-"), value.strip() if sep else True
+
+
+def _job_name(request: JobRequest) -> str:
+    return f"affvx-{request.workdir.name}"
+
+
+def _run(command: list[str], check: bool = True) -> str:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise ClusterError(f"{command[0]} is not on PATH: is this a SLURM login node?") from None
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{command[0]} did not answer within 120 s") from None
+    if check and result.returncode != 0:
+        raise SchedulerCommandError(command, result.returncode, result.stdout, result.stderr)
+    return result.stdout
+
+
+def _submitit_executor() -> Any:
+    import submitit
+
+    return submitit.SlurmExecutor
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,0 +1,89 @@
+"""Helpers for tests that launch grids and crash them: commands, waiting on files, reports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from affvx.orchestrator.ledger import JobFiles
+
+
+def grid(store: Path, run: Path, *extra: object) -> list[str]:
+    """The test grid: 3 folds x 2 emotions x 2 modality sets = 12 tcn jobs of 4 epochs."""
+    return [
+        "launch",
+        "--store",
+        str(store),
+        "--run",
+        str(run),
+        "--folds",
+        "3",
+        "--emotions",
+        "valence,arousal",
+        "--modalities",
+        "visual",
+        "--modalities",
+        "visual,mfcc",
+        "--model",
+        "tcn",
+        "--epochs",
+        "4",
+        *map(str, extra),
+    ]
+
+
+def affvx(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "affvx", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(condition, timeout_s: float = 120.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll the run directory until `condition()` is truthy (bounded; files are the signal)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def job_dirs(run: Path) -> list[Path]:
+    return sorted((run / "jobs").iterdir()) if (run / "jobs").exists() else []
+
+
+def attempts(job_dir: Path) -> list[dict]:
+    return JobFiles(job_dir).attempts()
+
+
+def running_with_checkpoint(run: Path) -> list[tuple[Path, int]]:
+    """Jobs that are RUNNING and have checkpointed at least once, with their pids."""
+    found = []
+    for job_dir in job_dirs(run):
+        state = JobFiles(job_dir).state() or {}
+        if (
+            state.get("state") == "RUNNING"
+            and (job_dir / "checkpoint.pt").exists()
+            and not (job_dir / "result.json").exists()
+        ):
+            found.append((job_dir, int(state["pid"])))
+    return found
+
+
+def report_files(run: Path) -> dict[str, bytes]:
+    """The report's tables and submission, byte for byte."""
+    report = run / "report"
+    names = ["folds.csv", "summary.csv"]
+    names += [f"submission/VA_Set/{p.name}" for p in (report / "submission/VA_Set").iterdir()]
+    return {name: (report / name).read_bytes() for name in names}
+
+
+def metrics_without_seconds(job_dir: Path) -> list[str]:
+    return [row.rsplit(",", 1)[0] for row in (job_dir / "metrics.csv").read_text().splitlines()]
