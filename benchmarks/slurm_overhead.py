@@ -24,7 +24,7 @@ from _common import machine, markdown_table  # noqa: E402
 
 from affvx.cluster.base import JobRequest, Resources  # noqa: E402
 from affvx.cluster.slurm import SlurmBackend  # noqa: E402
-from tests.support.slurm_cluster import SlurmCluster, start_cluster, stop_cluster  # noqa: E402
+from tests.support.slurm_cluster import SlurmCluster, cluster_in_use  # noqa: E402
 
 
 def wait_empty(cluster: SlurmCluster) -> None:
@@ -65,14 +65,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        cluster = start_cluster(Path(scratch) / "cluster")
-        os.environ["SLURM_CONF"] = cluster.env["SLURM_CONF"]
-        try:
+        with cluster_in_use(Path(scratch) / "cluster") as cluster:
             plain = plain_array(cluster, Path(scratch), args.tasks)
             cluster.wait_idle()
             affvx = through_affvx(cluster, Path(scratch), args.tasks)
-        finally:
-            stop_cluster(cluster)
     print(
         f"machine: {machine()}; one-node SLURM 22.05 cluster, {len(os.sched_getaffinity(0))} CPUs\n"
     )

@@ -6,20 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.slurm_cluster import SlurmCluster, start_cluster, stop_cluster
+from tests.support.slurm_cluster import SlurmCluster, cluster_in_use
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """A one-node SLURM cluster for the whole session; SLURM_CONF points at it meanwhile."""
-    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
-    try:
+    with cluster_in_use(tmp_path_factory.mktemp("slurm")) as cluster:
         yield cluster
-    finally:
-        patch.undo()
-        stop_cluster(cluster)
 
 
 @pytest.fixture

@@ -12,21 +12,15 @@ from affvx.cluster.slurm import SlurmBackend
 from affvx.orchestrator.ledger import JobFiles
 from tests.support.backend_suite import BackendConformance
 from tests.support.runs import affvx, attempts, grid, running_with_checkpoint, wait_until
-from tests.support.slurm_cluster import SlurmCluster, start_cluster, stop_cluster
+from tests.support.slurm_cluster import SlurmCluster, cluster_in_use
 
 pytestmark = pytest.mark.slurm
 
 
 @pytest.fixture(scope="module")
 def accounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    cluster = start_cluster(tmp_path_factory.mktemp("slurm-accounting"), accounting=True)
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
-    try:
+    with cluster_in_use(tmp_path_factory.mktemp("slurm-accounting"), accounting=True) as cluster:
         yield cluster
-    finally:
-        patch.undo()
-        stop_cluster(cluster)
 
 
 class TestSlurmConformanceWithAccounting(BackendConformance):

@@ -7,12 +7,14 @@ and every slurm command finds the cluster through SLURM_CONF.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,3 +249,19 @@ def stop_cluster(cluster: SlurmCluster) -> None:
             except ProcessLookupError:
                 break
             time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def cluster_in_use(root: Path, *, accounting: bool = False) -> Iterator[SlurmCluster]:
+    """A started cluster with SLURM_CONF pointing at it meanwhile; stopped afterwards."""
+    cluster = start_cluster(root, accounting=accounting)
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = cluster.env["SLURM_CONF"]
+    try:
+        yield cluster
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        stop_cluster(cluster)
