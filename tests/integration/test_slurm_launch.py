@@ -145,6 +145,24 @@ def test_scancel_makes_a_job_cancelled_and_resume_submits_only_that_job(
     assert json.loads(cli("status", run, "--json").stdout)["counts"] == {"COMPLETE": 12}
 
 
+def test_affvx_cancel_scancels_every_unfinished_job(
+    slurm, small_store: Path, tmp_path: Path, cli
+) -> None:
+    run = tmp_path / "run"
+    result = cli(*on_slurm(small_store, run, tmp_path, "--detach"))
+    assert result.exit_code == 0, result.stderr
+    wait_until(lambda: running_with_checkpoint(run), what="a running job")
+    result = cli("cancel", run)
+    assert result.exit_code == 0, result.stderr
+    wait_until(lambda: not slurm.run("squeue", "-h").stdout.strip(), what="SLURM to end every job")
+    status = json.loads(cli("status", run, "--json").stdout)
+    assert set(status["counts"]) <= {"COMPLETE", "CANCELLED"} and status["counts"]["CANCELLED"]
+    # the jobs that were running got SIGTERM from scancel, checkpointed and were not requeued
+    last = {d.name: [a["exit_reason"] for a in attempts(d)][-1:] for d in job_dirs(run)}
+    stopped = [name for name, reasons in last.items() if reasons == ["cancelled"]]
+    assert stopped and all((run / "jobs" / name / "checkpoint.pt").exists() for name in stopped)
+
+
 def test_slurmd_killed_and_restarted_mid_run(
     slurm, small_store: Path, tmp_path: Path, cli
 ) -> None:
