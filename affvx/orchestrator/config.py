@@ -38,7 +38,7 @@ import tomli_w
 from affvx.cluster.registry import backend_names
 from affvx.orchestrator.errors import ConfigError
 from affvx.orchestrator.folds import PROTOCOLS
-from affvx.trainers.spec import EMOTIONS, MODELS, ModelConfig
+from affvx.trainers.spec import EMOTIONS, MODELS, ModelConfig, TrainSpec
 
 EMOTION_TARGETS = (*EMOTIONS, "both")
 EXECUTION_SECTIONS = ("resources", "backend")
@@ -46,18 +46,19 @@ EXECUTION_SECTIONS = ("resources", "backend")
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Optimisation and windowing settings shared by every job of the grid."""
+    """Optimisation and windowing settings shared by every job of the grid (the trainers'
+    own defaults unless the experiment says otherwise)."""
 
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    max_epochs: int = 30
-    patience: int = 6
-    lr_patience: int = 3
-    lr_factor: float = 0.5
-    min_lr: float = 1e-6
-    window: int = 300
-    hop: int = 200
-    batch_size: int = 8
+    lr: float = TrainSpec.lr
+    weight_decay: float = TrainSpec.weight_decay
+    max_epochs: int = TrainSpec.max_epochs
+    patience: int = TrainSpec.patience
+    lr_patience: int = TrainSpec.lr_patience
+    lr_factor: float = TrainSpec.lr_factor
+    min_lr: float = TrainSpec.min_lr
+    window: int = TrainSpec.window
+    hop: int = TrainSpec.hop
+    batch_size: int = TrainSpec.batch_size
 
 
 @dataclass(frozen=True)
