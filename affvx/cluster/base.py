@@ -121,9 +121,8 @@ class Backend(abc.ABC):
 
     name: str = ""
     requeues_itself: bool = False
-    poll_interval_s: float = (
-        1.0  # how often a driver may ask `poll` (cheap locally, not on a cluster)
-    )
+    # how often a driver may ask `poll` (cheap locally, not on a cluster)
+    poll_interval_s: float = 1.0
 
     @abc.abstractmethod
     def submit(self, requests: list[JobRequest]) -> list[str]: ...
