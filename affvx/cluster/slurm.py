@@ -99,12 +99,28 @@ class RunCommand:
                 child = subprocess.Popen(
                     list(self.command), cwd=self.workdir, env=env, stdout=out, stderr=err
                 )
-        code = child.wait()
+        code = _wait_running_handlers(child)
         if code == REQUEUE_EXIT_CODE:
             _requeue_self()
         if code != 0:
             sys.exit(code if code > 0 else 128 - code)
         return code
+
+
+def _wait_running_handlers(child: subprocess.Popen[bytes]) -> int:
+    """`child.wait()` that runs this process's signal handlers within 50 ms of a signal.
+
+    A plain wait sits in waitpid(), which only a signal delivered to the main thread
+    interrupts. The kernel may deliver a process-wide signal to any thread that does not
+    block it -- submitit imports numpy, whose BLAS threads block nothing -- and then the Python
+    handler would not run (nor forward SLURM's warning) until the child ended on its own.
+    Popen.wait with a timeout polls, returning to the interpreter between polls.
+    """
+    while True:
+        try:
+            return child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _own_job_id() -> str:

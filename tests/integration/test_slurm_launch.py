@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,13 @@ def slurm_config(tmp_path: Path, **sections: dict) -> Path:
     path = tmp_path / "slurm.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def seconds_run(job_dir: Path) -> float:
+    """Wall time of a job's single uninterrupted attempt."""
+    [attempt] = attempts(job_dir)
+    start, end = (datetime.fromisoformat(attempt[k]) for k in ("start_utc", "end_utc"))
+    return (end - start).total_seconds()
 
 
 def on_slurm(store: Path, run: Path, tmp_path: Path, *extra: object) -> list[str]:
@@ -81,7 +89,10 @@ def test_scontrol_requeue_resumes_the_job_from_its_checkpoint(
 def test_a_walltime_shorter_than_the_job_means_warn_checkpoint_requeue_complete(
     slurm, small_store: Path, tmp_path: Path, cli
 ) -> None:
-    settings = {"training": {"max_epochs": 160, "patience": 1000}}  # fold 0 runs ~35 s
+    # fold 0 needs ~80 s of training here, more than the 60 s limit, so it cannot finish in one
+    # allocation: SLURM must warn it (--signal fires anywhere up to a minute early), and it
+    # must checkpoint, requeue itself and complete
+    settings = {"training": {"max_epochs": 480, "patience": 1000}}
     base = ("--folds", "2", "--emotions", "valence", "--modalities", "visual", "--model", "tcn")
     # the same two jobs without a time limit, on the local backend: the numbers to match
     local = tmp_path / "local"
@@ -104,13 +115,15 @@ def test_a_walltime_shorter_than_the_job_means_warn_checkpoint_requeue_complete(
         "1",
     )
     assert result.exit_code == 0, result.stderr
-    # SLURM warns about 40 s into a 1-minute job: the longer job (fold 0) is stopped at least
-    # once, checkpoints and is requeued; none is killed at the limit
     reasons = {d.name: [a["exit_reason"] for a in attempts(d)] for d in job_dirs(run)}
     assert all(r[-1] == "completed" and set(r[:-1]) <= {"preempted"} for r in reasons.values()), (
         reasons
     )
-    assert "preempted" in reasons["valence-visual-fold0-seed0"], reasons
+    # which jobs outlive the limit depends on the machine: those that did on the local backend
+    # (same grid, same concurrency) must have been stopped at the warning at least once
+    longer_than_limit = [d.name for d in job_dirs(local) if seconds_run(d) > 60]
+    assert longer_than_limit, "no job needs more than the 60 s limit: raise max_epochs"
+    assert all("preempted" in reasons[name] for name in longer_than_limit), reasons
     for job_dir in job_dirs(run):
         assert "DUE TO TIME LIMIT" not in "".join(
             p.read_text() for p in (run / "slurm").glob("*.err")

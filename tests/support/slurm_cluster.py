@@ -211,6 +211,8 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 MpiDefault=none
 KillWait=5
+SlurmctldDebug=debug
+SlurmdDebug=debug
 MinJobAge=600
 SchedulerParameters=sched_interval=1
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
