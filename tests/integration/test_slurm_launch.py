@@ -89,10 +89,10 @@ def test_scontrol_requeue_resumes_the_job_from_its_checkpoint(
 def test_a_walltime_shorter_than_the_job_means_warn_checkpoint_requeue_complete(
     slurm, small_store: Path, tmp_path: Path, cli
 ) -> None:
-    # fold 0 needs ~80 s of training here, more than the 60 s limit, so it cannot finish in one
-    # allocation: SLURM must warn it (--signal fires anywhere up to a minute early), and it
-    # must checkpoint, requeue itself and complete
-    settings = {"training": {"max_epochs": 480, "patience": 1000}}
+    # fold 0 needs ~90 s of training here (a margin for faster machines), more than the 60 s
+    # limit, so it cannot finish in one allocation: SLURM must warn it (--signal fires anywhere
+    # up to a minute early), and it must checkpoint, requeue itself and complete
+    settings = {"training": {"max_epochs": 560, "patience": 1000}}
     base = ("--folds", "2", "--emotions", "valence", "--modalities", "visual", "--model", "tcn")
     # the same two jobs without a time limit, on the local backend: the numbers to match
     local = tmp_path / "local"
