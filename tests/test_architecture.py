@@ -77,3 +77,13 @@ def test_data_and_fold_commands_do_not_import_torch_or_ray(small_store: Path) ->
     assert heavy_modules_after("--help") == set()
     assert heavy_modules_after("data", "info", str(small_store)) == set()
     assert heavy_modules_after("folds", str(small_store), "--json") == set()
+
+
+def test_the_trainers_and_the_backends_agree_on_stop_signals_and_the_requeue_status() -> None:
+    """Neither package may import the other, so each names these values; a backend starts
+    jobs with its STOP_SIGNALS blocked and the trainer unblocks its own: they must match."""
+    from affvx.cluster import base
+    from affvx.trainers import job
+
+    assert set(job.STOP_SIGNALS) == set(base.STOP_SIGNALS)
+    assert job.EXIT_REQUEUE == base.REQUEUE_EXIT_CODE

@@ -317,10 +317,14 @@ class SlurmBackend(Backend):
 
     def _use_sacct(self) -> bool:
         if self._sacct_works is None:
-            probe = subprocess.run(
-                ["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True
-            )
-            self._sacct_works = probe.returncode == 0
+            try:
+                probe = subprocess.run(
+                    ["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True, timeout=120
+                )
+            except (FileNotFoundError, subprocess.TimeoutExpired):
+                self._sacct_works = False  # no accounting here: squeue and scontrol answer
+            else:
+                self._sacct_works = probe.returncode == 0
         return self._sacct_works
 
     def _from_sacct(self, ids: list[str]) -> dict[str, SchedulerState]:
@@ -338,31 +342,21 @@ class SlurmBackend(Backend):
             ],
             check=False,
         )
-        states = {}
-        for line in output.splitlines():
-            fields = line.split("|")
-            if len(fields) < 4:
-                continue
-            job_field, state, exit_code, node = fields[:4]
-            for job_id in _expand(job_field):
-                states[job_id] = _state(state, exit_code, node)
-        return states
+        return {
+            job_id: _state(state, exit_code, node)
+            for job_field, state, exit_code, node in _rows(output, 4)
+            for job_id in _expand(job_field)
+        }
 
     def _from_squeue(self, ids: list[str]) -> dict[str, SchedulerState]:
         output = _run(
             ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%T|%N|%r"], check=False
         )
-        states = {}
-        for line in output.splitlines():
-            fields = line.split("|")
-            if len(fields) < 4:
-                continue
-            job_field, state, node, reason = fields[:4]
-            for job_id in _expand(job_field):
-                states[job_id] = SchedulerState(
-                    STATES.get(state, JobStatus.UNKNOWN), node=node, reason=reason
-                )
-        return states
+        return {
+            job_id: SchedulerState(STATES.get(state, JobStatus.UNKNOWN), node=node, reason=reason)
+            for job_field, state, node, reason in _rows(output, 4)
+            for job_id in _expand(job_field)
+        }
 
     def _from_scontrol(self, ids: list[str]) -> dict[str, SchedulerState]:
         states = {}
@@ -397,6 +391,13 @@ def _state(state: str, exit_code: str, node: str) -> SchedulerState:
     return SchedulerState(
         status, exit_code=code, node=node if node != "None assigned" else "", reason=state
     )
+
+
+def _rows(output: str, width: int) -> list[list[str]]:
+    """The `|`-separated lines of `sacct -P` / `squeue -o` output, cut to `width` fields;
+    shorter lines (warnings, blanks) are skipped."""
+    rows = [line.split("|") for line in output.splitlines()]
+    return [row[:width] for row in rows if len(row) >= width]
 
 
 def _expand(job_field: str) -> list[str]:

@@ -113,3 +113,8 @@ def test_state_words_and_array_ids_are_understood() -> None:
     assert _state("PENDING", "0:0", "None assigned").status is JobStatus.PENDING
     assert _directive("#SBATCH --mail-user=a@b.c") == ("mail-user", "a@b.c")
     assert _directive("exclusive") == ("exclusive", True)
+
+
+def test_a_machine_without_sacct_falls_back_to_squeue(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM command on it
+    assert SlurmBackend(accounting="auto")._use_sacct() is False
