@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "affvx"
 
 # Who may import whom (besides itself). cli -> orchestrator -> trainers -> storage,
 # orchestrator -> cluster, orchestrator -> storage; cli may also reach storage and cluster
-# directly for commands that only read data or list backends.
+# directly for commands that only read data or list backends. Below them all, affvx.protocol
+# (the job-process protocol) may be imported by every package and imports none.
 ALLOWED = {
     "storage": set(),
     "cluster": set(),
@@ -79,11 +80,39 @@ def test_data_and_fold_commands_do_not_import_torch_or_ray(small_store: Path) ->
     assert heavy_modules_after("folds", str(small_store), "--json") == set()
 
 
-def test_the_trainers_and_the_backends_agree_on_stop_signals_and_the_requeue_status() -> None:
-    """Neither package may import the other, so each names these values; a backend starts
-    jobs with its STOP_SIGNALS blocked and the trainer unblocks its own: they must match."""
-    from affvx.cluster import base
-    from affvx.trainers import job
+def test_the_job_protocol_is_defined_once() -> None:
+    """Exit statuses and stop signals live in affvx.protocol alone: no other module defines
+    an EXIT_* constant or its own STOP_SIGNALS, or compares an exit status with a bare 75."""
+    offences = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "protocol.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for target in targets:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name) and (
+                        name.id.startswith("EXIT_") or name.id == "STOP_SIGNALS"
+                    ):
+                        offences.append(f"{path.relative_to(PACKAGE.parent)} defines {name.id}")
+            if isinstance(node, ast.Compare) and any(
+                isinstance(c, ast.Constant) and c.value == 75 for c in node.comparators
+            ):
+                offences.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} compares with 75")
+    assert not offences, "\n".join(offences)
 
-    assert set(job.STOP_SIGNALS) == set(base.STOP_SIGNALS)
-    assert job.EXIT_REQUEUE == base.REQUEUE_EXIT_CODE
+
+def test_the_protocol_module_imports_no_other_affvx_module() -> None:
+    tree = ast.parse((PACKAGE / "protocol.py").read_text())
+    imported = [
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("affvx")
+    ] + [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name.startswith("affvx")
+    ]
+    assert imported == []

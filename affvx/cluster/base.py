@@ -13,50 +13,128 @@ and gets back scheduler ids, which it stores in the run directory. The contract:
   knows is UNKNOWN, never COMPLETED: the orchestrator decides from the run directory.
 - `cancel(ids)` asks the scheduler to stop them: a running job gets SIGTERM (it checkpoints and
   exits), later SIGKILL; a queued job never starts. Unknown or finished ids are ignored.
+- `wait(timeout_s)` returns when a job may have changed state, at the latest after
+  `timeout_s` (default: sleep `timeout_s`; the local backend wakes when a child exits).
 - `render(requests)` returns the script(s) `submit` would hand the scheduler, for --dry-run.
-- `requeues_itself`: True when the scheduler restarts a job that exits with REQUEUE_EXIT_CODE
-  under the same id (SLURM via `scontrol requeue`): `poll` then shows it PENDING again. A job
-  that ended with that status anyway (any backend) is resubmitted by the orchestrator.
 - `close()` releases what the backend holds (the local backend stops its children).
 
-Jobs start with STOP_SIGNALS blocked (a backend starts them under `stop_signals_blocked`),
-so that a warning or a preemption arriving while the job is still starting up is held, not
-fatal: the job unblocks them once its handlers can checkpoint (affvx's trainer does).
+What differs between backends is declared, never inferred from a name:
+- `capabilities` (`Capabilities`): whether jobs outlive the submitting process, whether a
+  detached run needs a local supervisor, whether any process can poll the scheduler, and
+  whether the scheduler requeues a job that exits with EXIT_REQUEUE by itself;
+- `options` (`BackendOption`s): the settings its constructor takes, with types, defaults and
+  help; `[backend.<name>]` in experiment.toml, `--backend-option KEY=VALUE` and the launch
+  flags are all read through them.
+
+The in-job side (what a job process sees) is `affvx.protocol`: jobs start with
+STOP_SIGNALS blocked (a backend starts them under `stop_signals_blocked`), so that a warning
+or a preemption arriving while the job is still starting up is held, not fatal; every backend
+exports the same `AFFVX_*` variables (`JobEnvironment`): scheduler job id, CPUs, GPUs, and
+the time limit by which the job must have checkpointed, so that a job stops itself before
+its limit whether or not the scheduler warns it.
 
 Jobs communicate with the orchestrator through files, not through the backend; the exit
-status is a hint: 0 complete, REQUEUE_EXIT_CODE checkpointed and wants to run again, 2 bad
-input (do not retry), anything else failed.
+status is a hint (affvx.protocol): 0 complete, EXIT_REQUEUE checkpointed and wants to run
+again, EXIT_INPUT failed deterministically (do not retry), anything else failed.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import enum
-import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
-REQUEUE_EXIT_CODE = 75  # the trainers' "checkpointed, run me again" status (EX_TEMPFAIL)
-INPUT_ERROR_EXIT_CODE = 2
-STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+from affvx.cluster.errors import ClusterError
+from affvx.protocol import (  # noqa: F401  (re-exported: the backends' vocabulary)
+    EXIT_INPUT,
+    EXIT_REQUEUE,
+    STOP_SIGNALS,
+    JobEnvironment,
+    block_stop_signals,
+    stop_signals_blocked,
+)
 
 
-def block_stop_signals() -> None:
-    """Block STOP_SIGNALS in the calling thread (for a child's preexec_fn)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, so that callers never need to know which backend it is.
+
+    - `jobs_outlive_client`: jobs go on after the process that submitted them exits
+      (a cluster's jobs do; the local backend's children die with it).
+    - `needs_local_supervisor`: someone must stay on this machine to run the jobs, so a
+      detached launch starts a background supervisor process.
+    - `pollable_anywhere`: any process that reaches the scheduler can `poll` ids submitted by
+      another process (`affvx status` in a second shell asks the scheduler).
+    - `requeues_itself`: a job that exits with EXIT_REQUEUE is run again under the same id by
+      the scheduler (`poll` shows it PENDING again); otherwise the caller resubmits it.
+    """
+
+    jobs_outlive_client: bool
+    needs_local_supervisor: bool
+    pollable_anywhere: bool
+    requeues_itself: bool
 
 
-@contextlib.contextmanager
-def stop_signals_blocked() -> Iterator[None]:
-    """STOP_SIGNALS blocked in this thread for the duration: children started inside inherit
-    the blocked mask; signals that arrive meanwhile are delivered when it ends."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+_OPTION_KINDS = (str, int, float, bool, list)
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """One setting a backend's constructor takes.
+
+    `kind` is str, int, float, bool or list (a list of strings; a flag may be repeated).
+    `flag` is the `affvx launch` flag for it, if it has one (`--partition`); every option can
+    also be given as `--backend-option NAME=VALUE` and in `[backend.<name>]`.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    flag: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _OPTION_KINDS:
+            raise TypeError(f"option {self.name}: kind must be one of {_OPTION_KINDS}")
+
+    def parse(self, text: str) -> Any:
+        """The value of `NAME=VALUE` text; ClusterError naming the option if it is not one."""
+        text = text.strip()
+        try:
+            if self.kind is bool:
+                lowered = text.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                return lowered in ("true", "1", "yes")
+            if self.kind is list:
+                return [part.strip() for part in text.split(",") if part.strip()]
+            return self.kind(text)
+        except ValueError:
+            raise ClusterError(
+                f"{self.name}={text!r}: expected {self.kind.__name__} ({self.help})"
+            ) from None
+
+    def check(self, value: Any, where: str) -> Any:
+        """`value` (from TOML or a flag) if it has this option's type; ClusterError if not."""
+        if value is None:
+            return None
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if self.kind is list and isinstance(value, (list, tuple)):
+            if all(isinstance(v, str) for v in value):
+                return list(value)
+        elif isinstance(value, self.kind) and not (
+            self.kind is int and isinstance(value, bool)
+        ):
+            return value
+        raise ClusterError(
+            f"{where}{self.name} = {value!r} is not a valid value: expected "
+            f"{'a list of strings' if self.kind is list else self.kind.__name__} ({self.help})"
+        )
 
 
 @dataclass(frozen=True)
@@ -117,12 +195,34 @@ class SchedulerState:
 
 
 class Backend(abc.ABC):
-    """Base of all backends; see the module docstring for the contract."""
+    """Base of all backends; the module docstring is the contract.
 
-    name: str = ""
-    requeues_itself: bool = False
+    Subclasses set `name`, `capabilities` and `options` (one BackendOption per keyword of
+    their constructor) and implement submit, poll, cancel and render.
+    """
+
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities]
+    options: ClassVar[tuple[BackendOption, ...]] = ()
     # how often a driver may ask `poll` (cheap locally, not on a cluster)
     poll_interval_s: float = 1.0
+
+    @classmethod
+    def configured(cls, values: Mapping[str, Any], where: str = "") -> Backend:
+        """An instance from option values (from experiment.toml or flags), checked against
+        `options`: an unknown name or a value of the wrong type raises ClusterError naming
+        it and the options this backend takes."""
+        known = {option.name: option for option in cls.options}
+        where = where or f"[backend.{cls.name}] "
+        arguments = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ClusterError(f"{where}{key!r} is not an option of the {cls.name} backend; "
+                                   f"its options: {describe_options(cls.options)}")
+            checked = known[key].check(value, where)
+            if checked is not None:
+                arguments[key] = checked
+        return cls(**arguments)
 
     @abc.abstractmethod
     def submit(self, requests: list[JobRequest]) -> list[str]: ...
@@ -136,6 +236,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def render(self, requests: list[JobRequest]) -> list[str]: ...
 
+    def wait(self, timeout_s: float) -> None:
+        """Return when a job may have changed state; here: after `timeout_s`."""
+        time.sleep(timeout_s)
+
     def close(self) -> None:
         """Release whatever the backend holds (default: nothing)."""
 
@@ -144,3 +248,18 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def describe_options(options: Sequence[BackendOption]) -> str:
+    """`partition (--partition), account, ...` for error messages."""
+    if not options:
+        return "none"
+    return ", ".join(f"{o.name} ({o.flag})" if o.flag else o.name for o in options)
+
+
+def job_time_limit_s(resources: Resources, margin_s: float) -> float | None:
+    """The time limit a job process gets (AFFVX_TIME_LIMIT_S): the allocation's, less the
+    margin the backend keeps for its warning, the checkpoint and the exit."""
+    if resources.time_limit_min is None:
+        return None
+    return max(60 * resources.time_limit_min - margin_s, 0.0)

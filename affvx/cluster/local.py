@@ -2,9 +2,11 @@
 
 It behaves like a small cluster: jobs queue until their CPUs (and GPUs) are free, each runs
 pinned to its own CPUs in its own process group, and time limits work as on SLURM with
-`--signal=USR2@grace`: SIGUSR2 `signal_grace_s` before the limit (the job checkpoints and
-exits to be requeued), SIGTERM at the limit, SIGKILL `kill_delay_s` later. Children get
-SIGTERM if this process dies (PR_SET_PDEATHSIG), so no job outlives its supervisor unseen.
+`--signal=USR2@grace`: the job's own clock (AFFVX_TIME_LIMIT_S) and SIGUSR2 both say stop
+`signal_grace_s` before the limit (the job checkpoints and exits to be requeued; 0 sends no
+warning signal and leaves only the job's clock), SIGTERM at the limit, SIGKILL
+`kill_delay_s` later. Children get SIGTERM if this process dies (PR_SET_PDEATHSIG), so no job
+outlives its supervisor unseen.
 """
 
 from __future__ import annotations
@@ -21,11 +23,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from affvx.cluster.base import (
+    EXIT_REQUEUE,
     Backend,
+    BackendOption,
+    Capabilities,
+    JobEnvironment,
     JobRequest,
     JobStatus,
     SchedulerState,
     block_stop_signals,
+    job_time_limit_s,
 )
 from affvx.cluster.errors import ClusterError
 
@@ -50,7 +57,28 @@ class LocalBackend(Backend):
     """Runs jobs as child processes, as many at once as CPUs, GPUs and `max_parallel` allow."""
 
     name = "local"
-    requeues_itself = False
+    capabilities = Capabilities(
+        jobs_outlive_client=False,
+        needs_local_supervisor=True,
+        pollable_anywhere=False,
+        requeues_itself=False,
+    )
+    options = (
+        BackendOption(
+            "max_parallel",
+            int,
+            None,
+            "most jobs at once [default: CPUs / cpus per job]",
+            flag="--max-parallel",
+        ),
+        BackendOption(
+            "signal_grace_s",
+            float,
+            30.0,
+            "seconds before the time limit that a job is told to stop (SIGUSR2; 0: no signal)",
+        ),
+        BackendOption("kill_delay_s", float, 10.0, "seconds from SIGTERM to SIGKILL"),
+    )
 
     def __init__(
         self,
@@ -63,9 +91,11 @@ class LocalBackend(Backend):
     ) -> None:
         self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
         self.gpus = list(gpus if gpus is not None else _visible_gpus())
+        if max_parallel is not None and max_parallel < 1:
+            raise ClusterError(f"--max-parallel {max_parallel}: give at least 1 job at once")
+        if signal_grace_s < 0 or kill_delay_s < 0:
+            raise ClusterError("[backend.local] signal_grace_s and kill_delay_s must be >= 0")
         self.max_parallel = max_parallel or len(self.cpus)
-        if self.max_parallel < 1:
-            raise ClusterError("--max-parallel must be at least 1")
         self.kill_delay_s = kill_delay_s
         self.signal_grace_s = signal_grace_s
         self._ids = (f"local-{os.getpid()}-{n}" for n in itertools.count(1))
@@ -156,7 +186,7 @@ class LocalBackend(Backend):
 
     # -- waiting ------------------------------------------------------------------------------
 
-    def wait(self, timeout_s: float) -> None:
+    def wait(self, timeout_s: float) -> None:  # a child's exit wakes it at once
         """Sleep until a child exits or `timeout_s` passes, whichever comes first."""
         if not self._selector.get_map():
             time.sleep(timeout_s)
@@ -193,7 +223,15 @@ class LocalBackend(Backend):
         env = dict(os.environ)
         env.update(request.env)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        env["AFFVX_SCHEDULER_JOB_ID"] = job_id
+        env.update(
+            JobEnvironment(
+                scheduler_job_id=job_id,
+                backend=self.name,
+                cpus=len(cpus),
+                gpus=tuple(gpus),
+                time_limit_s=job_time_limit_s(request.resources, self.signal_grace_s),
+            ).to_environ()
+        )
         with (
             open(request.log_dir / f"{job_id}.out", "ab") as out,
             open(request.log_dir / f"{job_id}.err", "ab") as err,
@@ -235,7 +273,7 @@ class LocalBackend(Backend):
             del self._running[job_id]
             if running.reason == "cancelled":
                 status = JobStatus.CANCELLED
-            elif running.reason == "time limit" and code != 75:
+            elif running.reason == "time limit" and code != EXIT_REQUEUE:
                 status = JobStatus.TIMEOUT
             else:
                 status = JobStatus.EXITED
@@ -256,7 +294,11 @@ class LocalBackend(Backend):
                 continue
             if running.deadline is None:
                 continue
-            if not running.warned and now >= running.deadline - self.signal_grace_s:
+            if (
+                self.signal_grace_s
+                and not running.warned
+                and now >= running.deadline - self.signal_grace_s
+            ):
                 running.warned = True
                 _signal_group(running.process, signal.SIGUSR2)
             if now >= running.deadline:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
-from affvx.cluster.base import Backend
+from affvx.cluster.base import Backend, BackendOption
 from affvx.cluster.errors import ClusterError
 
 BACKENDS = {
@@ -24,8 +25,17 @@ def check_backend_name(name: str) -> str:
     return name
 
 
-def get_backend(name: str, **options: Any) -> Backend:
-    """An instance of the backend called `name`, configured with `options`."""
+def backend_class(name: str) -> type[Backend]:
+    """The class of the backend called `name` (its module is imported now)."""
     module_name, _, class_name = BACKENDS[check_backend_name(name)].partition(":")
-    backend_class = getattr(importlib.import_module(module_name), class_name)
-    return backend_class(**options)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def backend_options(name: str) -> tuple[BackendOption, ...]:
+    return backend_class(name).options
+
+
+def get_backend(name: str, options: Mapping[str, Any] | None = None, where: str = "") -> Backend:
+    """An instance of the backend called `name`, configured with `options` (checked against
+    its declared options: an unknown one raises ClusterError naming the ones it takes)."""
+    return backend_class(name).configured(dict(options or {}), where)

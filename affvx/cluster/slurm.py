@@ -3,12 +3,14 @@ without accounting.
 
 Submission. Requests go to submitit's SlurmExecutor as one job array per batch (split to the
 cluster's MaxArraySize, `%N` = array_parallelism). Each task is a pickled `RunCommand` that
-runs the job's argv as a child process. The batch script `exec`s Python, so the Python
+runs the job's argv as a child process through the shared task shim (affvx.cluster.task). The batch script `exec`s Python, so the Python
 process *is* the batch shell and receives `--signal=B:USR2@<grace>` itself.
 
 Signals. USR2 (the warning before the time limit, or a preemption with
 `preempt_send_user_signal`) and SIGTERM (preemption, scontrol requeue, scancel) are forwarded
-to the child, which checkpoints and exits with REQUEUE_EXIT_CODE. If SLURM is not already
+to the child, which checkpoints and exits with EXIT_REQUEUE; the child also keeps its own
+clock (AFFVX_TIME_LIMIT_S: the limit less `signal_grace_s`), so it stops in time even where
+the warning is lost. If SLURM is not already
 ending the job (a warning signal), the task asks it to requeue the job (`scontrol requeue`:
 same id, SLURM_RESTART_COUNT + 1); SLURM requeues preempted and `scontrol requeue`d jobs by
 itself, and a cancelled job stays cancelled.
@@ -19,10 +21,10 @@ still holds and `scontrol show job` for exit codes. An id neither knows is UNKNO
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -31,16 +33,19 @@ from pathlib import Path
 from typing import Any
 
 from affvx.cluster.base import (
-    REQUEUE_EXIT_CODE,
-    STOP_SIGNALS,
+    EXIT_REQUEUE,
     Backend,
+    BackendOption,
+    Capabilities,
+    JobEnvironment,
     JobRequest,
     JobStatus,
     Resources,
     SchedulerState,
-    stop_signals_blocked,
+    job_time_limit_s,
 )
 from affvx.cluster.errors import ClusterError, SchedulerCommandError
+from affvx.cluster.task import TaskCommand, granted_cpus, visible_gpus
 
 DEFAULT_MAX_ARRAY_SIZE = 1001
 STATES = {
@@ -68,59 +73,31 @@ STATES = {
 
 @dataclass(frozen=True)
 class RunCommand:
-    """What a SLURM task runs (pickled by submitit): the job's argv as a child process.
+    """What a SLURM task runs (pickled by submitit): the job's command through the task shim.
 
-    Stop signals reaching the task are passed on to the child; a child that exits with
-    REQUEUE_EXIT_CODE gets its job requeued, unless SLURM is already ending the job.
+    A child that exits with EXIT_REQUEUE gets its job requeued, unless SLURM is already
+    ending the job.
     """
 
-    command: tuple[str, ...]
-    workdir: str
-    env: tuple[tuple[str, str], ...]
-    log_dir: str
+    task: TaskCommand
 
     def __call__(self) -> int:
-        env = dict(os.environ)
-        env.update(self.env)
-        job_id = _own_job_id()
-        os.makedirs(self.log_dir, exist_ok=True)
-        log = os.path.join(self.log_dir, job_id)
-        child: subprocess.Popen[bytes] | None = None
-
-        def forward(signum: int, frame: Any) -> None:
-            if child is not None and child.poll() is None:
-                child.send_signal(signum)
-
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, forward)
-        # a signal during the spawn waits for `child`; the child holds it until it is ready
-        with stop_signals_blocked():
-            with open(f"{log}.out", "ab") as out, open(f"{log}.err", "ab") as err:
-                child = subprocess.Popen(
-                    list(self.command), cwd=self.workdir, env=env, stdout=out, stderr=err
-                )
-        code = _wait_running_handlers(child)
-        if code == REQUEUE_EXIT_CODE:
+        code = self.task.run(slurm_job_environment(), _own_job_id())
+        if code == EXIT_REQUEUE:
             _requeue_self()
         if code != 0:
             sys.exit(code if code > 0 else 128 - code)
         return code
 
 
-def _wait_running_handlers(child: subprocess.Popen[bytes]) -> int:
-    """`child.wait()` that runs this process's signal handlers within 50 ms of a signal.
-
-    A plain wait sits in waitpid(), which only a signal delivered to the main thread
-    interrupts. The kernel may deliver a process-wide signal to any thread that does not
-    block it -- submitit imports numpy, whose BLAS threads block nothing -- and then the Python
-    handler would not run (nor forward SLURM's warning) until the child ended on its own.
-    Popen.wait with a timeout polls, returning to the interpreter between polls.
-    """
-    while True:
-        try:
-            return child.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            continue
+def slurm_job_environment() -> JobEnvironment:
+    """The job's allocation as SLURM describes it, in affvx's terms."""
+    return JobEnvironment(
+        scheduler_job_id=_own_job_id(),
+        backend=SlurmBackend.name,
+        cpus=granted_cpus("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"),
+        gpus=visible_gpus(),
+    )
 
 
 def _own_job_id() -> str:
@@ -150,7 +127,51 @@ class SlurmBackend(Backend):
     """Runs jobs on a SLURM cluster through submitit (see the module docstring)."""
 
     name = "slurm"
-    requeues_itself = True
+    capabilities = Capabilities(
+        jobs_outlive_client=True,
+        needs_local_supervisor=False,
+        pollable_anywhere=True,
+        requeues_itself=True,
+    )
+    options = (
+        BackendOption("partition", str, None, "SLURM partition", flag="--partition"),
+        BackendOption("account", str, None, "SLURM account", flag="--account"),
+        BackendOption("qos", str, None, "SLURM quality of service", flag="--qos"),
+        BackendOption("constraint", str, None, "SLURM node constraint", flag="--constraint"),
+        BackendOption(
+            "extra_directives",
+            list,
+            [],
+            "extra #SBATCH directive KEY=VALUE; repeat for several",
+            flag="--sbatch",
+        ),
+        BackendOption(
+            "setup",
+            list,
+            [],
+            "shell line run before each job (module load ...); repeat for several",
+            flag="--setup",
+        ),
+        BackendOption(
+            "array_parallelism",
+            int,
+            256,
+            "most array tasks running at once (SLURM %N)",
+            flag="--array-parallelism",
+        ),
+        BackendOption(
+            "signal_grace_s",
+            int,
+            120,
+            "seconds before the time limit that SLURM warns the job (USR2) and that the job "
+            "stops itself",
+        ),
+        BackendOption("accounting", str, "auto", "job state from sacct: auto, sacct or none"),
+        BackendOption("default_time_min", float, 24 * 60.0, "time limit without --time-limit"),
+        BackendOption("poll_interval_s", float, 10.0, "seconds between scheduler queries"),
+        BackendOption("folder", str, None, "submitit's folder [default: RUN/slurm]"),
+        BackendOption("python", str, None, "Python on the nodes [default: this one]"),
+    )
 
     def __init__(
         self,
@@ -235,6 +256,19 @@ class SlurmBackend(Backend):
             scripts.append(_make_sbatch_string(command=command, folder=folder, **parameters))
         return scripts
 
+    def _task(self, request: JobRequest) -> TaskCommand:
+        time_limit_min = request.resources.time_limit_min or self.default_time_min
+        return TaskCommand(
+            command=request.command,
+            workdir=str(request.workdir),
+            env=request.env,
+            log_dir=str(request.log_dir),
+            time_limit_s=job_time_limit_s(
+                dataclasses.replace(request.resources, time_limit_min=time_limit_min),
+                self.signal_grace_s,
+            ),
+        )
+
     def _python_command(self) -> str:
         return "exec " + shlex.quote(self.python)
 
@@ -253,9 +287,7 @@ class SlurmBackend(Backend):
             executor = executor_class(folder=self._folder(first), python=self._python_command())
             try:
                 executor.update_parameters(**self.parameters(first.resources, _job_name(first)))
-                tasks = [
-                    RunCommand(r.command, str(r.workdir), r.env, str(r.log_dir)) for r in chunk
-                ]
+                tasks = [RunCommand(self._task(r)) for r in chunk]
                 with executor.batch():
                     jobs = [executor.submit(task) for task in tasks]
             except subprocess.CalledProcessError as error:

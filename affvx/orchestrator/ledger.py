@@ -32,6 +32,27 @@ HEARTBEAT_INTERVAL_S = 10.0
 HEARTBEAT_STALE_S = 90.0
 
 
+# exit reasons of an attempt (attempts.jsonl) -> the state they leave the job in
+FINAL_STATES = {"completed": "COMPLETE", "preempted": "PREEMPTED", "cancelled": "CANCELLED"}
+
+
+def attempt_record(
+    state: dict[str, Any], end_utc: str | None, exit_reason: str, exit_code: int | None = None
+) -> dict[str, Any]:
+    """One line of attempts.jsonl for the attempt that `state` (state.json) describes."""
+    return {
+        "attempt": state.get("attempt"),
+        "backend": state.get("backend"),
+        "scheduler_id": state.get("scheduler_id"),
+        "node": state.get("node"),
+        "pid": state.get("pid"),
+        "start_utc": state.get("started_utc"),
+        "end_utc": end_utc,
+        "exit_reason": exit_reason,
+        "exit_code": exit_code,
+    }
+
+
 class JobState(str, enum.Enum):
     PENDING = "PENDING"
     SUBMITTED = "SUBMITTED"
@@ -133,6 +154,28 @@ class JobFiles:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def close_attempt(
+        self,
+        state: dict[str, Any],
+        exit_reason: str,
+        *,
+        reason: str = "",
+        exit_code: int | None = None,
+    ) -> None:
+        """Record how the attempt in `state` ended: a line in attempts.jsonl, then the final
+        state.json (COMPLETE, PREEMPTED, CANCELLED or FAILED, from `exit_reason`)."""
+        ended_utc = now_utc()
+        self.append_attempt(attempt_record(state, ended_utc, exit_reason, exit_code))
+        self.write_state(
+            {
+                **state,
+                "state": FINAL_STATES.get(exit_reason, "FAILED"),
+                "ended_utc": ended_utc,
+                "exit_reason": exit_reason,
+                "reason": reason,
+            }
+        )
 
     def touch_heartbeat(self) -> None:
         path = self.path / "heartbeat"

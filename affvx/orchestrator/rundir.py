@@ -6,6 +6,7 @@ or collect it, and the process that launched it can die at any time.
       folds.json         the fold table used (written once, never recomputed)
       plan.parquet       one row per job (written once)
       driver.json        the process following the run, while one does
+      cancel.request     touched by `affvx cancel`: a live driver stops the cancelled jobs
       jobs/<job_id>/     one directory per job (affvx.orchestrator.ledger)
       report/            what `affvx collect` writes
 """
@@ -30,7 +31,7 @@ from affvx.orchestrator.config import (
 from affvx.orchestrator.errors import ConfigError
 from affvx.orchestrator.folds import FoldTable
 from affvx.orchestrator.plan import PLAN_COLUMNS, PlannedJob
-from affvx.storage.atomic import atomic_write_json, create_exclusive_bytes
+from affvx.storage.atomic import atomic_write_json, atomic_write_text, create_exclusive_bytes
 
 RUNS_DIR = Path("runs")
 
@@ -44,6 +45,7 @@ class RunDir:
         self.folds_file = self.path / "folds.json"
         self.plan_file = self.path / "plan.parquet"
         self.driver_file = self.path / "driver.json"
+        self.cancel_request_file = self.path / "cancel.request"
         self.jobs_dir = self.path / "jobs"
         self.report_dir = self.path / "report"
 
@@ -155,9 +157,22 @@ class RunDir:
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "mode": mode,
-                "started_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "started_utc": now_iso(),
             },
         )
+
+    def request_cancel(self) -> None:
+        """Tell a live driver to look for cancelled jobs (they are marked in their files)."""
+        atomic_write_text(
+            self.cancel_request_file, f"{now_iso()} {socket.gethostname()} {os.getpid()}\n"
+        )
+
+    def cancel_requested_at(self) -> float | None:
+        """When the newest cancel request was made (a file time), or None."""
+        try:
+            return self.cancel_request_file.stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def release_driver(self) -> None:
         current = self.driver()
@@ -172,6 +187,10 @@ class RunDir:
             return None
         data["alive"] = data.get("host") != socket.gethostname() or pid_alive(int(data["pid"]))
         return data
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def pid_alive(pid: int) -> bool:

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from affvx.protocol import EXIT_COMPLETE, EXIT_REQUEUE, STOP_SIGNALS, JobEnvironment
 from affvx.storage.atomic import (
     atomic_file,
     atomic_write_json,
@@ -54,10 +55,6 @@ FAILURE_FILE = "failure.json"
 METRICS_FILE = "metrics.csv"
 PREDICTIONS_FILE = "predictions.parquet"
 
-EXIT_COMPLETE = 0
-EXIT_FAILED = 1
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again later" -- the scheduler should run the job again
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 class JobOutcome(str, Enum):
@@ -300,12 +297,9 @@ def choose_device(requested: str) -> torch.device:
 
 
 def job_cpu_count() -> int:
-    """CPUs this job may use: what the scheduler granted, else this process's CPU affinity."""
-    for variable in ("SLURM_CPUS_PER_TASK", "NCPUS", "PBS_NP"):
-        value = os.environ.get(variable, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return len(os.sched_getaffinity(0))
+    """CPUs this job may use: what the scheduler granted (AFFVX_CPUS, set by every backend),
+    else this process's CPU affinity."""
+    return JobEnvironment.from_environ().cpus or len(os.sched_getaffinity(0))
 
 
 def configure_torch(spec: TrainSpec, device: torch.device) -> int:

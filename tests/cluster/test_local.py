@@ -11,15 +11,7 @@ import pytest
 from affvx.cluster.base import JobStatus
 from affvx.cluster.errors import ClusterError
 from affvx.cluster.local import LocalBackend
-from tests.support.backend_suite import SIGNAL_RECORDER, BackendConformance, python_job
-
-
-class TestLocalConformance(BackendConformance):
-    @pytest.fixture
-    def backend(self):  # type: ignore[no-untyped-def]
-        backend = LocalBackend(max_parallel=2, kill_delay_s=2.0, signal_grace_s=1.0)
-        yield backend
-        backend.close()
+from tests.support.backend_suite import SIGNAL_RECORDER, python_job
 
 
 def test_jobs_wait_for_free_slots_and_run_pinned_to_their_own_cpus(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from affvx.cluster.base import REQUEUE_EXIT_CODE
+from affvx.protocol import EXIT_REQUEUE
 from tests.support.runs import wait_until
 
 # the job: holds its stop signals until its handler is in place (as the trainer does), then
@@ -33,18 +33,19 @@ sys.exit(REQUEUE if got else 3)
 # deliver them to the other thread -- the case a blocking waitpid() never notices
 TASK = """
 import signal, sys, threading
-from affvx.cluster.base import STOP_SIGNALS
 from affvx.cluster.slurm import RunCommand
+from affvx.cluster.task import TaskCommand
+from affvx.protocol import STOP_SIGNALS
 threading.Thread(target=threading.Event().wait, daemon=True).start()
 signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 job, ready, log_dir = sys.argv[1:]
-RunCommand(command=(sys.executable, job, ready), workdir=".", env=(), log_dir=log_dir)()
+RunCommand(TaskCommand(command=(sys.executable, job, ready), workdir=".", env=(), log_dir=log_dir))()
 """
 
 
 def test_a_signal_that_lands_on_another_thread_still_reaches_the_job(tmp_path: Path) -> None:
     job = tmp_path / "job.py"
-    job.write_text(textwrap.dedent(JOB).replace("REQUEUE", str(REQUEUE_EXIT_CODE)))
+    job.write_text(textwrap.dedent(JOB).replace("REQUEUE", str(EXIT_REQUEUE)))
     ready = tmp_path / "ready"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     task = subprocess.Popen(
@@ -57,4 +58,4 @@ def test_a_signal_that_lands_on_another_thread_still_reaches_the_job(tmp_path: P
     task.send_signal(signal.SIGUSR2)
     _, stderr = task.communicate(timeout=60)
     # 3 would mean the job waited 20 s and USR2 never came
-    assert task.returncode == REQUEUE_EXIT_CODE, stderr
+    assert task.returncode == EXIT_REQUEUE, stderr

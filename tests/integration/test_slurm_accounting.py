@@ -24,6 +24,7 @@ def accounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster
 
 
 class TestSlurmConformanceWithAccounting(BackendConformance):
+    backend_name = "slurm"
     timeout_s = 120.0
 
     @pytest.fixture

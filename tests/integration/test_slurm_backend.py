@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slurm
 
 
 class TestSlurmConformance(BackendConformance):
+    backend_name = "slurm"
     timeout_s = 120.0
 
     @pytest.fixture

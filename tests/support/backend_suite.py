@@ -1,17 +1,26 @@
 """The conformance suite every backend must pass (the contract is affvx.cluster.base).
 
-A backend's test module subclasses `BackendConformance` and provides the `backend` fixture
-(and `settle`, how to let the scheduler catch up) -- as Optuna's storage tests do.
+A backend's test module subclasses `BackendConformance`, names the backend it covers in
+`backend_name` and provides the `backend` fixture -- as Optuna's storage tests do.
+tests/cluster/test_conformance.py runs it over the fake and local backends and checks that
+every registered backend has a suite; the SLURM ones run on the real cluster in
+tests/integration/.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
+import json
 import sys
 import time
 from pathlib import Path
 
-from affvx.cluster.base import REQUEUE_EXIT_CODE, Backend, JobRequest, JobStatus, Resources
+import pytest
+
+from affvx.cluster.base import Backend, JobRequest, JobStatus, Resources
+from affvx.cluster.errors import ClusterError
+from affvx.protocol import EXIT_REQUEUE
 
 
 def python_job(tmp_path: Path, key: str, code: str, **resources: object) -> JobRequest:
@@ -45,8 +54,9 @@ while True:
 
 
 class BackendConformance:
-    """Behaviour every backend shares; subclasses provide `backend` and `wait_for`."""
+    """Behaviour every backend shares; subclasses set `backend_name` and provide `backend`."""
 
+    backend_name = ""
     timeout_s = 60.0
 
     def wait_for(self, backend: Backend, ids: list[str], done) -> dict:  # type: ignore[no-untyped-def]
@@ -79,16 +89,16 @@ class BackendConformance:
         code = (
             f"import pathlib, sys; p = pathlib.Path({str(counter)!r}); "
             "n = len(p.read_text()) if p.exists() else 0; p.write_text('x' * (n + 1)); "
-            f"sys.exit({REQUEUE_EXIT_CODE} if n == 0 else 0)"
+            f"sys.exit({EXIT_REQUEUE} if n == 0 else 0)"
         )
         [job_id] = backend.submit([python_job(tmp_path, "again", code)])
         state = self.wait_for(backend, [job_id], lambda s: not s[job_id].status.is_active())
         state = state[job_id]
         runs = counter.read_text()
-        if backend.requeues_itself:
+        if backend.capabilities.requeues_itself:
             assert (state.status, state.exit_code, runs) == (JobStatus.EXITED, 0, "xx")
         else:
-            expected = (JobStatus.EXITED, REQUEUE_EXIT_CODE, "x")
+            expected = (JobStatus.EXITED, EXIT_REQUEUE, "x")
             assert (state.status, state.exit_code, runs) == expected
 
     def test_logs_and_environment_reach_the_job(self, backend: Backend, tmp_path: Path) -> None:
@@ -125,3 +135,29 @@ class BackendConformance:
         scripts = backend.render([python_job(tmp_path, f"shown{i}", "print(1)") for i in range(3)])
         assert scripts and all(isinstance(s, str) and s.strip() for s in scripts)
         assert backend.poll([]) == {}  # rendering submitted nothing
+
+    def test_every_job_sees_the_same_affvx_environment(
+        self, backend: Backend, tmp_path: Path
+    ) -> None:
+        code = (
+            "import json, os; print(json.dumps({k: v for k, v in os.environ.items() "
+            "if k.startswith('AFFVX_')}))"
+        )
+        request = python_job(tmp_path, "envvars", code, cpus=1, time_limit_min=10)
+        [job_id] = backend.submit([request])
+        self.wait_for(backend, [job_id], lambda s: not s[job_id].status.is_active())
+        [log] = list((tmp_path / "logs" / "envvars").glob("*.out"))
+        seen = json.loads(log.read_text().splitlines()[-1])
+        assert seen["AFFVX_SCHEDULER_JOB_ID"] == job_id
+        assert seen["AFFVX_BACKEND"] == backend.name
+        assert seen["AFFVX_CPUS"] == "1"
+        assert 0 < float(seen["AFFVX_TIME_LIMIT_S"]) < 600  # its own clock, less a margin
+
+    def test_capabilities_and_options_are_declared(self, backend: Backend) -> None:
+        kind = type(backend)
+        assert kind.name == self.backend_name
+        assert isinstance(backend.capabilities.requeues_itself, bool)
+        keywords = set(inspect.signature(kind.__init__).parameters)
+        assert {option.name for option in kind.options} <= keywords
+        with pytest.raises(ClusterError, match="not an option of the"):
+            kind.configured({"no_such_option": 1})

@@ -1,0 +1,98 @@
+"""The task shim: what a scheduler runs on its node for one job, on every cluster backend.
+
+A scheduler (SLURM, PBS, Ray) starts a task; the task runs the job's command as a child
+process with the same `AFFVX_*` environment on every backend (affvx.protocol), passes stop
+signals on to it, and returns its exit status. What differs per scheduler is only where the
+facts come from (a `JobEnvironment` the backend reads from its own variables) and what to do
+when the job asks to be requeued.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from affvx.protocol import STOP_SIGNALS, JobEnvironment, stop_signals_blocked
+
+
+@dataclass(frozen=True)
+class TaskCommand:
+    """One job's command as a scheduler task carries it (picklable, plain data).
+
+    `time_limit_s` is the job's limit from the task's start (the allocation's limit less the
+    backend's margin), or None.
+    """
+
+    command: tuple[str, ...]
+    workdir: str
+    env: tuple[tuple[str, str], ...]
+    log_dir: str
+    time_limit_s: float | None = None
+
+    def run(self, environment: JobEnvironment, log_name: str) -> int:
+        """Run the command to its end; return its exit status (negative: killed by a signal).
+
+        Stop signals that reach this process while the child runs are forwarded to it; the
+        child starts with them blocked and unblocks them once it can checkpoint.
+        """
+        started = time.monotonic()
+        os.makedirs(self.log_dir, exist_ok=True)
+        log = os.path.join(self.log_dir, log_name or "task")
+        child: subprocess.Popen[bytes] | None = None
+
+        def forward(signum: int, frame: Any) -> None:
+            if child is not None and child.poll() is None:
+                child.send_signal(signum)
+
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, forward)
+        # a signal during the spawn waits for `child`; the child holds it until it is ready
+        with stop_signals_blocked():
+            env = self._environment(environment, time.monotonic() - started)
+            with open(f"{log}.out", "ab") as out, open(f"{log}.err", "ab") as err:
+                child = subprocess.Popen(
+                    list(self.command), cwd=self.workdir, env=env, stdout=out, stderr=err
+                )
+        return wait_running_handlers(child)
+
+    def _environment(self, environment: JobEnvironment, elapsed_s: float) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.env)
+        limit = None if self.time_limit_s is None else max(self.time_limit_s - elapsed_s, 0.0)
+        env.update(dataclasses.replace(environment, time_limit_s=limit).to_environ())
+        return env
+
+
+def wait_running_handlers(child: subprocess.Popen[bytes]) -> int:
+    """`child.wait()` that runs this process's signal handlers within 50 ms of a signal.
+
+    A plain wait sits in waitpid(), which only a signal delivered to the main thread
+    interrupts. The kernel may deliver a process-wide signal to any thread that does not
+    block it -- submitit imports numpy, whose BLAS threads block nothing -- and then the Python
+    handler would not run (nor forward the scheduler's warning) until the child ended on its
+    own. Popen.wait with a timeout polls, returning to the interpreter between polls.
+    """
+    while True:
+        try:
+            return child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def granted_cpus(*variables: str) -> int | None:
+    """The first of `variables` that holds a positive CPU count, else None."""
+    for variable in variables:
+        value = os.environ.get(variable, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def visible_gpus() -> tuple[str, ...]:
+    """The GPUs this task may use, as CUDA_VISIBLE_DEVICES lists them."""
+    return tuple(g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip())

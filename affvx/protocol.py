@@ -1,0 +1,104 @@
+"""The job-process protocol: how a job and whatever runs it talk, on every backend.
+
+A job is a process. It learns about its allocation from `AFFVX_*` environment variables
+(`JobEnvironment`), which every backend sets the same way whatever the scheduler calls them;
+it is told to stop by one of STOP_SIGNALS, which it receives blocked at start and unblocks
+once it can checkpoint; and it says how it ended by its exit status:
+
+    EXIT_COMPLETE  0   finished; result.json is written
+    EXIT_FAILED    1   failed; a retry may help (a crash, a lost node)
+    EXIT_INPUT     2   failed deterministically (bad input, divergence): never retried
+    EXIT_REQUEUE   75  checkpointed and wants to run again (EX_TEMPFAIL)
+
+This module is the bottom floor: every affvx package may import it, and it imports none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+EXIT_COMPLETE = 0
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_REQUEUE = 75
+
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+SCHEDULER_JOB_ID = "AFFVX_SCHEDULER_JOB_ID"
+BACKEND = "AFFVX_BACKEND"
+CPUS = "AFFVX_CPUS"
+GPUS = "AFFVX_GPUS"
+TIME_LIMIT_S = "AFFVX_TIME_LIMIT_S"
+DEVICE = "AFFVX_DEVICE"
+
+
+def block_stop_signals() -> None:
+    """Block STOP_SIGNALS in the calling thread (for a child's preexec_fn)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """STOP_SIGNALS blocked in this thread for the duration: children started inside inherit
+    the blocked mask; signals that arrive meanwhile are delivered when it ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@dataclass(frozen=True)
+class JobEnvironment:
+    """What a job process knows of its allocation, from `AFFVX_*` variables alone.
+
+    `time_limit_s` counts from the job process's start: by then it must have checkpointed
+    and exited (the backend has already taken its own safety margin off). None: no limit.
+    `cpus` is what the scheduler granted (None: unknown, use the CPU affinity); `gpus` the
+    visible GPU ids as the scheduler lists them.
+    """
+
+    scheduler_job_id: str = ""
+    backend: str = ""
+    cpus: int | None = None
+    gpus: tuple[str, ...] = ()
+    time_limit_s: float | None = None
+    device: str = "auto"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
+        env = os.environ if environ is None else environ
+        cpus = env.get(CPUS, "")
+        limit = env.get(TIME_LIMIT_S, "")
+        return cls(
+            scheduler_job_id=env.get(SCHEDULER_JOB_ID, ""),
+            backend=env.get(BACKEND, ""),
+            cpus=int(cpus) if cpus.isdigit() and int(cpus) > 0 else None,
+            gpus=tuple(g for g in env.get(GPUS, "").split(",") if g.strip()),
+            time_limit_s=_seconds(limit),
+            device=env.get(DEVICE, "") or "auto",
+        )
+
+    def to_environ(self) -> dict[str, str]:
+        """The variables that describe this environment (unset ones left out)."""
+        variables = {SCHEDULER_JOB_ID: self.scheduler_job_id, BACKEND: self.backend}
+        if self.cpus is not None:
+            variables[CPUS] = str(self.cpus)
+        variables[GPUS] = ",".join(self.gpus)
+        if self.time_limit_s is not None:
+            variables[TIME_LIMIT_S] = f"{self.time_limit_s:.3f}"
+        if self.device != "auto":
+            variables[DEVICE] = self.device
+        return variables
+
+
+def _seconds(text: str) -> float | None:
+    """A time limit from its variable: unset -> None; spent (<= 0) -> 0, stop at once."""
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        return None
