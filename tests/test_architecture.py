@@ -1,4 +1,5 @@
-"""The import direction of DESIGN.md §1, and which commands stay free of torch and ray."""
+"""The import direction of docs/architecture.md (Layers), the job protocol defined once, no
+backend known by its name, and which commands stay free of torch and ray."""
 
 from __future__ import annotations
 
@@ -116,3 +117,29 @@ def test_the_protocol_module_imports_no_other_affvx_module() -> None:
         if alias.name.startswith("affvx")
     ]
     assert imported == []
+
+
+def test_no_backend_is_known_by_its_name_outside_cluster() -> None:
+    """The orchestrator and the CLI ask a backend's capabilities and options; they never
+    compare a backend's name with a literal (the CLI's choice list is the registry's)."""
+    from affvx.cluster.registry import backend_names
+
+    names = set(backend_names()) | {"pbs", "ray"}
+    offences = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if (PACKAGE / "cluster") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            operands = [node.left, *node.comparators]
+            literals = [
+                value.value
+                for operand in operands
+                for value in ast.walk(operand)
+                if isinstance(value, ast.Constant) and value.value in names
+            ]
+            if literals:
+                where = f"{path.relative_to(PACKAGE.parent)}:{node.lineno}"
+                offences.append(f"{where} compares with {literals[0]!r}")
+    assert not offences, "\n".join(offences)

@@ -7,8 +7,7 @@ import signal
 import socket
 from pathlib import Path
 
-from affvx.cluster.registry import get_backend
-from affvx.orchestrator.launch import request_cancel
+from affvx.cluster.registry import backend_class, get_backend
 from affvx.orchestrator.ledger import JobFiles, JobState
 from affvx.orchestrator.rundir import RunDir
 from affvx.orchestrator.status import read_views
@@ -17,18 +16,20 @@ from affvx.orchestrator.status import read_views
 def cancel_run(run_path: Path) -> list[str]:
     """Mark every unfinished job cancelled and stop it; return the cancelled job ids.
 
-    A live driver stops its own jobs when it sees the request. Without one, jobs of the local
-    backend running on this host get SIGTERM (they checkpoint and exit), and cluster jobs are
-    cancelled with the scheduler's own command.
+    A live driver stops its own jobs when it sees the request. Without one, jobs of a backend
+    whose jobs die with their client (local) that still run on this host get SIGTERM (they
+    checkpoint and exit); jobs that outlive their client (a cluster's) are cancelled with the
+    scheduler's own command.
     """
     run = RunDir.open(run_path)
     views = read_views(run, run.jobs)
     targets = [v for v in views.values() if not v.state.is_finished()]
     for view in targets:
         JobFiles(run.job_dir(view.job_id)).mark_cancelled()
-    request_cancel(run)
+    run.request_cancel()
     driver = run.driver()
-    if run.config.backend.name == "local":
+    backend = backend_class(run.config.backend.name)
+    if not backend.capabilities.jobs_outlive_client:
         if not (driver and driver.get("alive")):
             for view in targets:
                 if (
@@ -43,5 +44,5 @@ def cancel_run(run_path: Path) -> list[str]:
     else:
         ids = [v.scheduler_id for v in targets if v.scheduler_id]
         if ids:
-            get_backend(run.config.backend.name, **run.config.backend.options_for()).cancel(ids)
+            get_backend(run.config.backend.name, run.config.backend.options_for()).cancel(ids)
     return [v.job_id for v in targets]

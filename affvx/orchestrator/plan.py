@@ -1,7 +1,9 @@
-"""The grid: one job per emotion x modality set x fold x seed, with stable ids and hashes.
+"""The grid: one job per emotion x modality set x fold x seed (x tuning candidate), with
+stable ids and hashes.
 
-A job id says where the job sits in the grid (`valence-visual+mfcc+vggish-fold3-seed0`), so it
-is the same in every launch of a run. Its configuration hash covers the experiment settings,
+A job id says where the job sits in the grid (`valence-visual+mfcc+vggish-fold3-seed0`, and
+`...-seed0-cand7` for the fold job of Optuna's trial 7 -- called a *candidate* here, since a
+trial is a video everywhere else), so it is the same in every launch of a run. Its configuration hash covers the experiment settings,
 the fold table and the store's content: a launch whose hash differs for an existing job is
 another experiment and is refused.
 """
@@ -17,12 +19,31 @@ from affvx.orchestrator.config import ExperimentConfig
 from affvx.orchestrator.folds import FoldTable
 from affvx.trainers.spec import TrainSpec
 
-PLAN_COLUMNS = ("job_id", "fold", "emotion", "modalities", "seed", "trial", "model", "config_hash")
+PLAN_COLUMNS = (
+    "job_id",
+    "fold",
+    "emotion",
+    "modalities",
+    "seed",
+    "candidate",
+    "model",
+    "config_hash",
+)
+LEGACY_COLUMNS = {"candidate": "trial"}  # plan.parquet of runs made before the rename
+
+
+def plan_schema() -> Any:
+    """plan.parquet's Arrow schema, column for column as PLAN_COLUMNS."""
+    import pyarrow as pa
+
+    types = {"fold": pa.int32(), "seed": pa.int64(), "candidate": pa.int64()}
+    return pa.schema([(name, types.get(name, pa.string())) for name in PLAN_COLUMNS])
 
 
 @dataclass(frozen=True)
 class PlannedJob:
-    """One cell of the grid. `emotion` is valence, arousal or both (multi-task)."""
+    """One cell of the grid. `emotion` is valence, arousal or both (multi-task);
+    `candidate` is the tuning trial's number (None outside tuning)."""
 
     job_id: str
     fold: int
@@ -31,7 +52,7 @@ class PlannedJob:
     seed: int
     model: str
     config_hash: str
-    trial: int | None = None
+    candidate: int | None = None
 
     @property
     def modality_set(self) -> str:
@@ -44,14 +65,14 @@ class PlannedJob:
             "emotion": self.emotion,
             "modalities": self.modality_set,
             "seed": self.seed,
-            "trial": self.trial,
+            "candidate": self.candidate,
             "model": self.model,
             "config_hash": self.config_hash,
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> PlannedJob:
-        trial = row.get("trial")
+        candidate = row.get("candidate")
         return cls(
             job_id=row["job_id"],
             fold=int(row["fold"]),
@@ -60,12 +81,15 @@ class PlannedJob:
             seed=int(row["seed"]),
             model=row["model"],
             config_hash=row["config_hash"],
-            trial=None if trial is None or trial != trial else int(trial),
+            candidate=None if candidate is None or candidate != candidate else int(candidate),
         )
 
 
-def job_id_of(emotion: str, modalities: tuple[str, ...], fold: int, seed: int) -> str:
-    return f"{emotion}-{'+'.join(modalities)}-fold{fold}-seed{seed}"
+def job_id_of(
+    emotion: str, modalities: tuple[str, ...], fold: int, seed: int, candidate: int | None = None
+) -> str:
+    cell = f"{emotion}-{'+'.join(modalities)}-fold{fold}-seed{seed}"
+    return cell if candidate is None else f"{cell}-cand{candidate}"
 
 
 def plan_jobs(

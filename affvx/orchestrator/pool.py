@@ -26,7 +26,6 @@ Policy (tested on a fake backend in tests/orchestrator/test_pool.py):
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +116,8 @@ class JobPool:
     def submit(self, run: RunDir, config: ExperimentConfig, jobs: list[PlannedJob]) -> None:
         """Take on `jobs` of `run`: complete ones end at once (see `step`), jobs the
         scheduler still runs are followed, every other one is submitted."""
-        tracked = [_Tracked(run, config, job) for job in jobs if _key(run, job) not in self._active]
+        new = [job for job in jobs if _key(run, job) not in self._active]
+        tracked = [_Tracked(run, config, job) for job in new]
         views = {t.job.job_id: view_job(t.job.job_id, t.files) for t in tracked}
         alive = self._still_in_scheduler(views)
         to_submit = []

@@ -30,7 +30,7 @@ from affvx.orchestrator.config import (
 )
 from affvx.orchestrator.errors import ConfigError
 from affvx.orchestrator.folds import FoldTable
-from affvx.orchestrator.plan import PLAN_COLUMNS, PlannedJob
+from affvx.orchestrator.plan import LEGACY_COLUMNS, PLAN_COLUMNS, PlannedJob, plan_schema
 from affvx.storage.atomic import atomic_write_json, atomic_write_text, create_exclusive_bytes
 
 RUNS_DIR = Path("runs")
@@ -85,7 +85,12 @@ class RunDir:
         import pyarrow.parquet as pq
 
         table = pq.ParquetFile(self.plan_file).read()  # read_table would import pandas
-        columns = {name: table.column(name).to_pylist() for name in PLAN_COLUMNS}
+        columns = {
+            name: table.column(
+                name if name in table.column_names else LEGACY_COLUMNS.get(name, name)
+            ).to_pylist()
+            for name in PLAN_COLUMNS
+        }
         return [
             PlannedJob.from_row({k: columns[k][i] for k in PLAN_COLUMNS})
             for i in range(table.num_rows)
@@ -121,19 +126,7 @@ class RunDir:
         )
         rows = [job.row() for job in jobs]
         table = pa.table(
-            {name: [row[name] for row in rows] for name in PLAN_COLUMNS},
-            schema=pa.schema(
-                [
-                    ("job_id", pa.string()),
-                    ("fold", pa.int32()),
-                    ("emotion", pa.string()),
-                    ("modalities", pa.string()),
-                    ("seed", pa.int64()),
-                    ("trial", pa.int64()),
-                    ("model", pa.string()),
-                    ("config_hash", pa.string()),
-                ]
-            ),
+            {name: [row[name] for row in rows] for name in PLAN_COLUMNS}, schema=plan_schema()
         )
         tmp = self.path / ".plan.parquet.tmp"
         pq.write_table(table, tmp)

@@ -3,8 +3,9 @@
 1. the job files (result, state, submission, progress) -- the ground truth for COMPLETE;
 2. the heartbeat a running job refreshes, and for jobs on this host whether their process
    still exists;
-3. one batched scheduler query for jobs the files call SUBMITTED or RUNNING (skipped for the
-   local backend, whose scheduler lives inside the driver process).
+3. one batched scheduler query for jobs the files call SUBMITTED or RUNNING (skipped for a
+   backend that cannot be polled from another process, such as the local one, whose
+   scheduler lives inside the driver).
 
 A RUNNING job whose heartbeat stopped, that the scheduler no longer runs and that wrote no
 result is LOST, never COMPLETE; the reason says which sources disagreed.
@@ -137,25 +138,34 @@ def run_status(run_path: Path, *, query_scheduler: bool = True) -> RunStatus:
     for view in views.values():
         merge_scheduler_state(view, scheduler.get(view.scheduler_id))
     unfinished = any(not v.state.is_finished() for v in views.values())
-    if unfinished and not (driver and driver.get("alive")) and run.config.backend.name == "local":
+    if (
+        unfinished
+        and not (driver and driver.get("alive"))
+        and not _backend_class(run).capabilities.jobs_outlive_client
+    ):
         status.note = f"no affvx process follows this run; `affvx launch --resume --run {run.path}` continues it"
     return status
 
 
+def _backend_class(run: RunDir) -> Any:
+    from affvx.cluster.registry import backend_class
+
+    return backend_class(run.config.backend.name)
+
+
 def _scheduler_states(run: RunDir, views: dict[str, JobView]) -> dict[str, Any]:
-    name = run.config.backend.name
     ids = [
         v.scheduler_id
         for v in views.values()
         if v.state in (JobState.SUBMITTED, JobState.RUNNING) and v.scheduler_id
     ]
-    if name in ("local", "ray") or not ids:
+    if not ids or not _backend_class(run).capabilities.pollable_anywhere:
         return {}
     from affvx.cluster.errors import ClusterError
     from affvx.cluster.registry import get_backend
 
     try:
-        backend = get_backend(name, **run.config.backend.options_for())
+        backend = get_backend(run.config.backend.name, run.config.backend.options_for())
         return backend.poll(ids)
     except ClusterError:
         return {}
