@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -83,6 +84,13 @@ class JobEnvironment:
             device=env.get(DEVICE, "") or "auto",
         )
 
+    def time_left_s(self) -> float | None:
+        """What is left of `time_limit_s` now, counting from this process's start (its
+        imports included), or None without a limit."""
+        if self.time_limit_s is None:
+            return None
+        return max(self.time_limit_s - process_age_s(), 0.0)
+
     def to_environ(self) -> dict[str, str]:
         """The variables that describe this environment (unset ones left out)."""
         variables = {SCHEDULER_JOB_ID: self.scheduler_job_id, BACKEND: self.backend}
@@ -94,6 +102,14 @@ class JobEnvironment:
         if self.device != "auto":
             variables[DEVICE] = self.device
         return variables
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: its start time in /proc/self/stat)."""
+    with open("/proc/self/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    started_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in ticks
+    return max(time.clock_gettime(time.CLOCK_BOOTTIME) - started_s, 0.0)
 
 
 def _seconds(text: str) -> float | None:

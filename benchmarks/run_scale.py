@@ -65,14 +65,15 @@ def grid_flags(store: Path) -> dict:
 def write_big_run(store_path: Path, run_path: Path) -> int:
     """A complete 10,000-job run, written file by file as workers would have written it."""
     shutil.rmtree(run_path, ignore_errors=True)
-    run, config, folds, jobs, _ = prepare(
+    plan = prepare(
         flags=grid_flags(store_path),
         config_file=None,
         run_path=run_path,
         resume=False,
         note=lambda m: None,
     )
-    run.create(config, folds, jobs)
+    run, jobs = plan.run, plan.jobs
+    run.create(plan.config, plan.folds, jobs)
     store = FeatureStore(store_path)
     rng = np.random.default_rng(0)
     test = store.trials_in("Test_Set")
@@ -80,7 +81,7 @@ def write_big_run(store_path: Path, run_path: Path) -> int:
     for job in jobs:
         job_dir = run.job_dir(job.job_id)
         job_dir.mkdir(parents=True)
-        fold = folds.fold(job.fold)
+        fold = plan.folds.fold(job.fold)
         ccc = float(rng.uniform(0.3, 0.8))
         (job_dir / "result.json").write_text(
             json.dumps(
@@ -178,7 +179,7 @@ def efficiency(store_path: Path) -> tuple[float, float, float]:
         "training": {"max_epochs": 3},
     }
     started = time.perf_counter()
-    outcome = launch(flags=flags, run_path=run, max_parallel=2)
+    outcome = launch(flags=flags, run_path=run, backend_flags={"--max-parallel": 2})
     wall = time.perf_counter() - started
     assert outcome.exit_code == 0 and len(outcome.runtime_s) == 24
     total = sum(outcome.runtime_s.values())

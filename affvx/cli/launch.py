@@ -129,7 +129,7 @@ def launch_command(
             resume=resume,
             dry_run=dry_run,
             detach=detach,
-            max_parallel=max_parallel,
+            backend_flags={"--max-parallel": max_parallel},
             observer=view,
             note=note,
         )

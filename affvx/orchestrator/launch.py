@@ -1,45 +1,37 @@
-"""`affvx launch`: plan the grid, submit its jobs, follow them, resume after any crash.
+"""`affvx launch`: plan the grid, create the run, submit its jobs to a pool, follow them.
 
 The driver keeps no state of its own: everything it needs is in the run directory, so a
-driver that dies can be replaced by `affvx launch --resume` at any moment. On every launch it
-works out each job's state from the job's files and one batched scheduler query; jobs still
-alive in the scheduler are followed, complete jobs are never touched, and every other job is
-submitted (again).
+driver that dies can be replaced by `affvx launch --resume` at any moment. On every launch the
+pool (affvx.orchestrator.pool) works out each job's state from the job's files and one batched
+scheduler query; jobs still alive in the scheduler are followed, complete jobs are never
+touched, and every other job is submitted (again).
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import json
 import shlex
-import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from affvx.cluster.base import Backend, JobRequest, JobStatus, Resources, SchedulerState
 from affvx.cluster.errors import ClusterError
-from affvx.cluster.registry import get_backend
+from affvx.orchestrator.backends import job_requests, make_backend, with_backend_options
 from affvx.orchestrator.config import ExperimentConfig, resolve_config
 from affvx.orchestrator.demo import ensure_demo_store
 from affvx.orchestrator.errors import ConfigError
 from affvx.orchestrator.folds import FoldTable, make_folds, store_trials
-from affvx.orchestrator.ledger import (
-    JobFiles,
-    JobState,
-    JobView,
-    now_utc,
-    running_here_but_dead,
-    view_job,
-)
+from affvx.orchestrator.ledger import JobFiles, JobState, JobView, view_job
 from affvx.orchestrator.plan import PlannedJob, plan_jobs
+from affvx.orchestrator.pool import JobPool
 from affvx.orchestrator.rundir import RunDir, new_run_path, newest_run
 from affvx.storage.reader import FeatureStore
 
-EXIT_REQUEUE, EXIT_INPUT = 75, 2
-CANCEL_REQUEST = "cancel.request"
+VIEWS_INTERVAL_S = 2.0
 
 
 class LaunchObserver:
@@ -78,6 +70,18 @@ class LaunchOutcome:
         return 0 if all(v.state is JobState.COMPLETE for v in self.views.values()) else 1
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A launch's plan: the run directory (`existing`: already created), the resolved
+    configuration, the fold table and every job of the grid. Nothing is written yet."""
+
+    run: RunDir
+    config: ExperimentConfig
+    folds: FoldTable
+    jobs: list[PlannedJob]
+    existing: bool
+
+
 # -- preparing a run ---------------------------------------------------------------------------
 
 
@@ -88,8 +92,14 @@ def prepare(
     run_path: Path | None,
     resume: bool,
     note: Callable[[str], None],
-) -> tuple[RunDir, ExperimentConfig, FoldTable, list[PlannedJob], bool]:
-    """Resolve the configuration, the run directory and the plan (nothing is written)."""
+    backend_flags: Mapping[str, Any] | None = None,
+    backend_option_texts: Sequence[str] = (),
+) -> Plan:
+    """Resolve the configuration, the run directory and the plan (nothing is written).
+
+    `backend_flags` are the launch flags a backend declares (`{"--partition": "gpu"}`) and
+    `backend_option_texts` the `--backend-option NAME=VALUE` texts, both for the chosen backend.
+    """
     if run_path is None and resume:
         run_path = newest_run()
     run = RunDir(run_path or new_run_path())
@@ -111,6 +121,7 @@ def prepare(
         if flags.get("store") is not None:
             flags = {**flags, "store": str(Path(flags["store"]).resolve())}
         config = resolve_config(flags=flags, config_file=config_file)
+    config = with_backend_options(config, backend_flags, backend_option_texts)
     store = FeatureStore(config.store)
     for modalities in config.modalities:
         missing = [m for m in modalities if m not in store.modalities]
@@ -132,257 +143,13 @@ def prepare(
                 f"{run.path}: job {changed[0]} no longer matches the run (the store's content or the "
                 "experiment changed); start a new run with --run NEW_DIR"
             )
-    return run, config, folds, jobs, existing
+    return Plan(run=run, config=config, folds=folds, jobs=jobs, existing=existing)
 
 
 def _file_keys(path: Path) -> set[str]:
     from affvx.orchestrator.config import read_config_file
 
     return set(read_config_file(path))
-
-
-def job_requests(
-    run: RunDir, config: ExperimentConfig, jobs: list[PlannedJob], backend_name: str
-) -> list[JobRequest]:
-    """What the backend runs for each job: the worker, with the job's resources."""
-    root = run.path.resolve()
-    settings = config.resources
-    resources = Resources(
-        cpus=settings.cpus,
-        gpus=settings.gpus,
-        mem_gb=settings.mem_gb,
-        time_limit_min=settings.time_limit_min,
-    )
-    env = (("AFFVX_BACKEND", backend_name), ("AFFVX_DEVICE", "cuda" if settings.gpus else "cpu"))
-    return [
-        JobRequest(
-            key=job.job_id,
-            command=(sys.executable, "-m", "affvx.orchestrator.worker", str(root), job.job_id),
-            workdir=root,
-            log_dir=root / "jobs" / job.job_id / "log",
-            resources=resources,
-            env=env,
-            name=job.job_id,
-        )
-        for job in jobs
-    ]
-
-
-def make_backend(config: ExperimentConfig, max_parallel: int | None = None) -> Backend:
-    options = config.backend.options_for()
-    if max_parallel is not None:
-        options["max_parallel"] = max_parallel
-    try:
-        return get_backend(config.backend.name, **options)
-    except TypeError as error:
-        raise ConfigError(f"[backend.{config.backend.name}]: {error}") from None
-
-
-# -- the driver --------------------------------------------------------------------------------
-
-
-class Driver:
-    """Keeps a backend busy with a run's unfinished jobs until every job is finished.
-
-    Retries: a job that checkpointed and exited to be requeued is resubmitted without limit
-    (unless the scheduler requeues it itself); a job that failed is resubmitted up to
-    `max_retries` times per launch; a job that failed on bad input is never retried.
-    """
-
-    def __init__(
-        self,
-        run: RunDir,
-        config: ExperimentConfig,
-        jobs: list[PlannedJob],
-        backend: Backend,
-        *,
-        observer: LaunchObserver | None = None,
-        poll_interval_s: float | None = None,
-    ) -> None:
-        self.run = run
-        self.config = config
-        self.jobs = {job.job_id: job for job in jobs}
-        self.backend = backend
-        self.observer = observer or LaunchObserver()
-        self.poll_interval_s = poll_interval_s or backend.poll_interval_s
-        self.active: dict[str, str] = {}  # job id -> scheduler id
-        self.failures: dict[str, int] = {}
-        self.final: set[str] = set()
-        self.runtime_s: dict[str, float] = {}  # job id -> seconds its processes ran (if known)
-        self._cancel_seen = 0.0
-
-    def files(self, job_id: str) -> JobFiles:
-        return JobFiles(self.run.job_dir(job_id))
-
-    def start(self) -> None:
-        """Adopt jobs the scheduler still runs; submit every other unfinished job."""
-        views = {job_id: view_job(job_id, self.files(job_id)) for job_id in self.jobs}
-        alive = self._still_in_scheduler(views)
-        to_submit = []
-        for job_id, view in views.items():
-            if view.state is JobState.COMPLETE:
-                self.final.add(job_id)
-            elif job_id in alive:
-                self.active[job_id] = alive[job_id]
-            else:
-                if view.state is JobState.RUNNING:
-                    self._close_silent_attempt(job_id, "lost", None)
-                to_submit.append(job_id)
-        self._submit(to_submit)
-        self.observer.on_views(self.views())
-
-    def _still_in_scheduler(self, views: dict[str, JobView]) -> dict[str, str]:
-        candidates = {
-            job_id: view.scheduler_id
-            for job_id, view in views.items()
-            if view.state in (JobState.SUBMITTED, JobState.RUNNING)
-            and view.scheduler_id
-            and not running_here_but_dead(view)
-        }
-        if not candidates:
-            return {}
-        states = self.backend.poll(list(candidates.values()))
-        return {
-            j: s
-            for j, s in candidates.items()
-            if states.get(s, SchedulerState(JobStatus.UNKNOWN)).status.is_active()
-        }
-
-    def _submit(self, job_ids: list[str]) -> None:
-        if not job_ids:
-            return
-        requests = job_requests(
-            self.run, self.config, [self.jobs[j] for j in job_ids], self.backend.name
-        )
-        attempts = {j: self.files(j).next_attempt() for j in job_ids}
-        scheduler_ids = self.backend.submit(requests)
-        for job_id, scheduler_id in zip(job_ids, scheduler_ids):
-            self.files(job_id).write_submission(
-                attempt=attempts[job_id], backend=self.backend.name, scheduler_id=scheduler_id
-            )
-            self.active[job_id] = scheduler_id
-            self.observer.on_event(job_id, f"submitted as {scheduler_id}")
-
-    def follow(self) -> dict[str, JobView]:
-        """Poll until no job is active; return every job's final view."""
-        last_views = 0.0
-        while self.active:
-            self._wait()
-            self._handle_cancel_requests()
-            states = self.backend.poll(list(self.active.values()))
-            resubmit = []
-            for job_id, scheduler_id in list(self.active.items()):
-                state = states.get(scheduler_id, SchedulerState(JobStatus.UNKNOWN))
-                if state.status.is_active():
-                    continue
-                del self.active[job_id]
-                if state.runtime_s is not None:
-                    self.runtime_s[job_id] = self.runtime_s.get(job_id, 0.0) + state.runtime_s
-                if self._ended(job_id, state):
-                    resubmit.append(job_id)
-            self._submit(resubmit)
-            if time.monotonic() - last_views > 2.0 or not self.active:
-                last_views = time.monotonic()
-                self.observer.on_views(self.views())
-        return self.views()
-
-    def views(self) -> dict[str, JobView]:
-        return {job_id: view_job(job_id, self.files(job_id)) for job_id in self.jobs}
-
-    def _wait(self) -> None:
-        wait = getattr(self.backend, "wait", None)
-        if wait is not None:
-            wait(self.poll_interval_s)
-        else:
-            time.sleep(self.poll_interval_s)
-
-    def _ended(self, job_id: str, state: SchedulerState) -> bool:
-        """Record how a job's attempt ended; True if it must be submitted again."""
-        files = self.files(job_id)
-        if files.result() is not None:
-            self.final.add(job_id)
-            self.observer.on_event(job_id, "complete")
-            return False
-        submission = files.submission() or {}
-        if submission.get("cancelled_utc") or state.status is JobStatus.CANCELLED:
-            self._close_silent_attempt(job_id, "cancelled", state.exit_code)
-            files.mark_cancelled()
-            self.final.add(job_id)
-            self.observer.on_event(job_id, "cancelled")
-            return False
-        code = state.exit_code
-        if code == EXIT_REQUEUE:
-            self.observer.on_event(job_id, "checkpointed; requeued")
-            return True  # it ended, so the scheduler did not requeue it: submit it again
-        reason = {JobStatus.TIMEOUT: "timeout", JobStatus.UNKNOWN: "lost"}.get(
-            state.status, "failed"
-        )
-        self._close_silent_attempt(job_id, reason, code)
-        if code == EXIT_INPUT:
-            self.final.add(job_id)
-            self.observer.on_event(job_id, "failed on bad input (not retried)")
-            return False
-        self.failures[job_id] = self.failures.get(job_id, 0) + 1
-        if self.failures[job_id] > self.config.backend.max_retries:
-            self.final.add(job_id)
-            self.observer.on_event(job_id, f"failed after {self.failures[job_id]} attempts")
-            return False
-        self.observer.on_event(job_id, f"attempt failed ({_describe_exit(code)}); retrying")
-        return True
-
-    def _close_silent_attempt(self, job_id: str, reason: str, code: int | None) -> None:
-        """Record an attempt that ended without recording itself (killed, lost, cancelled)."""
-        files = self.files(job_id)
-        state = files.state()
-        if not state or state.get("state") != "RUNNING":
-            return
-        message = f"{reason}: {_describe_exit(code)}" if code is not None else reason
-        files.append_attempt(
-            {
-                "attempt": state.get("attempt"),
-                "backend": state.get("backend"),
-                "scheduler_id": state.get("scheduler_id"),
-                "node": state.get("node"),
-                "pid": state.get("pid"),
-                "start_utc": state.get("started_utc"),
-                "end_utc": now_utc(),
-                "exit_reason": reason,
-                "exit_code": code,
-            }
-        )
-        final = "CANCELLED" if reason == "cancelled" else "FAILED"
-        files.write_state(
-            {
-                **state,
-                "state": final,
-                "ended_utc": now_utc(),
-                "exit_reason": reason,
-                "reason": message,
-            }
-        )
-
-    def _handle_cancel_requests(self) -> None:
-        try:
-            stamp = (self.run.path / CANCEL_REQUEST).stat().st_mtime
-        except FileNotFoundError:
-            return
-        if stamp <= self._cancel_seen:
-            return
-        self._cancel_seen = stamp
-        wanted = [
-            s
-            for j, s in self.active.items()
-            if (self.files(j).submission() or {}).get("cancelled_utc")
-        ]
-        self.backend.cancel(wanted)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "no exit status"
-    if code < 0:
-        return f"killed by signal {-code}"
-    return f"exit status {code}"
 
 
 # -- launch ------------------------------------------------------------------------------------
@@ -396,55 +163,94 @@ def launch(
     resume: bool = False,
     dry_run: bool = False,
     detach: bool = False,
-    max_parallel: int | None = None,
+    backend_flags: Mapping[str, Any] | None = None,
+    backend_option_texts: Sequence[str] = (),
     observer: LaunchObserver | None = None,
     note: Callable[[str], None] = lambda message: None,
     poll_interval_s: float | None = None,
 ) -> LaunchOutcome:
     """Plan, then submit and (unless detached) follow every unfinished job of the run."""
     observer = observer or LaunchObserver()
-    run, config, folds, jobs, existing = prepare(
-        flags=flags, config_file=config_file, run_path=run_path, resume=resume, note=note
+    plan = prepare(
+        flags=flags,
+        config_file=config_file,
+        run_path=run_path,
+        resume=resume,
+        note=note,
+        backend_flags=backend_flags,
+        backend_option_texts=backend_option_texts,
     )
-    backend = make_backend(config, max_parallel)
+    run, config = plan.run, plan.config
+    backend = make_backend(config)
     if dry_run:
-        requests = job_requests(run, config, jobs, backend.name)
+        requests = job_requests(run, config, plan.jobs, backend)
         return LaunchOutcome(
             run=run,
-            jobs=jobs,
+            jobs=plan.jobs,
             dry_run_scripts=backend.render(requests),
             dry_run_command=shlex.join(requests[0].command) if requests else "",
         )
-    if not existing:
-        run.create(config, folds, jobs)
-    observer.on_plan(run, jobs, existing)
-    if detach and backend.name == "local":
+    if not plan.existing:
+        run.create(config, plan.folds, plan.jobs)
+    observer.on_plan(run, plan.jobs, plan.existing)
+    if detach and backend.capabilities.needs_local_supervisor:
         backend.close()
-        spawn_supervisor(run, max_parallel)
-        return LaunchOutcome(run=run, jobs=jobs, detached=True)
+        spawn_supervisor(run, config.backend.options_for())
+        return LaunchOutcome(run=run, jobs=plan.jobs, detached=True)
     run.claim_driver("detached-submit" if detach else "follow")
     try:
         with backend:
-            driver = Driver(
-                run, config, jobs, backend, observer=observer, poll_interval_s=poll_interval_s
+            pool = JobPool(
+                backend, job_requests, on_event=observer.on_event, poll_interval_s=poll_interval_s
             )
-            driver.start()
+            pool.submit(run, config, plan.jobs)
             if detach:
-                return LaunchOutcome(run=run, jobs=jobs, detached=True, views=driver.views())
-            views = driver.follow()
+                return LaunchOutcome(
+                    run=run, jobs=plan.jobs, detached=True, views=job_views(run, plan.jobs)
+                )
+            views = follow(pool, run, plan.jobs, observer)
     finally:
         run.release_driver()
-    return LaunchOutcome(run=run, jobs=jobs, views=views, runtime_s=driver.runtime_s)
+    runtime_s = {job_id: seconds for (_, job_id), seconds in pool.runtime_s.items()}
+    return LaunchOutcome(run=run, jobs=plan.jobs, views=views, runtime_s=runtime_s)
 
 
-def spawn_supervisor(run: RunDir, max_parallel: int | None) -> int:
-    """Start a background process that drives the run (local backend, --detach)."""
+def follow(
+    pool: JobPool, run: RunDir, jobs: list[PlannedJob], observer: LaunchObserver
+) -> dict[str, JobView]:
+    """Step the pool until it is idle, showing the jobs' views every few seconds."""
+    observer.on_views(job_views(run, jobs))
+    shown = time.monotonic()
+
+    def show() -> None:
+        nonlocal shown
+        if time.monotonic() - shown > VIEWS_INTERVAL_S:
+            shown = time.monotonic()
+            observer.on_views(job_views(run, jobs))
+
+    pool.run_until_idle(on_step=show)
+    views = job_views(run, jobs)
+    observer.on_views(views)
+    return views
+
+
+def job_views(run: RunDir, jobs: list[PlannedJob]) -> dict[str, JobView]:
+    return {job.job_id: view_job(job.job_id, JobFiles(run.job_dir(job.job_id))) for job in jobs}
+
+
+def spawn_supervisor(run: RunDir, backend_options: Mapping[str, Any]) -> int:
+    """Start a background process that drives the run (a backend whose jobs need a local
+    supervisor, --detach), with this launch's backend options."""
     import subprocess
 
     log = open(run.path / "driver.log", "ab")
-    command = [sys.executable, "-m", "affvx.orchestrator.supervise", str(run.path.resolve())]
-    if max_parallel:
-        command.append(str(max_parallel))
+    command = [
+        sys.executable,
+        "-m",
+        "affvx.orchestrator.supervise",
+        str(run.path.resolve()),
+        json.dumps(dict(backend_options)),
+    ]
     process = subprocess.Popen(
         command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
     )
@@ -452,25 +258,26 @@ def spawn_supervisor(run: RunDir, max_parallel: int | None) -> int:
     return process.pid
 
 
-def supervise(run_path: Path, max_parallel: int | None = None) -> int:
+def supervise(run_path: Path, backend_options: Mapping[str, Any] | None = None) -> int:
     """Drive an existing run to the end without a terminal (what --detach starts)."""
     run = RunDir.open(run_path)
     config = run.config
+    if backend_options:
+        name = config.backend.name
+        options = {**config.backend.options, name: dict(backend_options)}
+        config = dataclasses.replace(
+            config, backend=dataclasses.replace(config.backend, options=options)
+        )
     run.claim_driver("detached")
     try:
-        with make_backend(config, max_parallel) as backend:
-            driver = Driver(run, config, run.jobs, backend)
-            driver.start()
-            views = driver.follow()
+        with make_backend(config) as backend:
+            pool = JobPool(backend, job_requests)
+            pool.submit(run, config, run.jobs)
+            pool.run_until_idle()
     except ClusterError as error:
         sys.stderr.write(f"affvx supervisor: {error}\n")
         return 1
     finally:
         run.release_driver()
+    views = job_views(run, run.jobs)
     return 0 if all(v.state is JobState.COMPLETE for v in views.values()) else 1
-
-
-def request_cancel(run: RunDir) -> None:
-    """Tell a live driver to look for cancelled jobs."""
-    path = run.path / CANCEL_REQUEST
-    path.write_text(f"{now_utc()} {socket.gethostname()} {os.getpid()}\n")

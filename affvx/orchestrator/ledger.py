@@ -37,7 +37,11 @@ FINAL_STATES = {"completed": "COMPLETE", "preempted": "PREEMPTED", "cancelled": 
 
 
 def attempt_record(
-    state: dict[str, Any], end_utc: str | None, exit_reason: str, exit_code: int | None = None
+    state: dict[str, Any],
+    end_utc: str | None,
+    exit_reason: str,
+    exit_code: int | None = None,
+    reason: str = "",
 ) -> dict[str, Any]:
     """One line of attempts.jsonl for the attempt that `state` (state.json) describes."""
     return {
@@ -50,6 +54,7 @@ def attempt_record(
         "end_utc": end_utc,
         "exit_reason": exit_reason,
         "exit_code": exit_code,
+        "reason": reason,
     }
 
 
@@ -166,7 +171,7 @@ class JobFiles:
         """Record how the attempt in `state` ended: a line in attempts.jsonl, then the final
         state.json (COMPLETE, PREEMPTED, CANCELLED or FAILED, from `exit_reason`)."""
         ended_utc = now_utc()
-        self.append_attempt(attempt_record(state, ended_utc, exit_reason, exit_code))
+        self.append_attempt(attempt_record(state, ended_utc, exit_reason, exit_code, reason))
         self.write_state(
             {
                 **state,

@@ -17,7 +17,7 @@ from typing import Any
 
 from affvx.orchestrator.config import ExperimentConfig
 from affvx.orchestrator.folds import FoldTable
-from affvx.trainers.spec import TrainSpec
+from affvx.trainers.spec import TRAINING_FIELDS, TrainSpec
 
 PLAN_COLUMNS = (
     "job_id",
@@ -140,7 +140,6 @@ def spec_for(
     """The trainer's spec for one job of the grid."""
     fold = folds.fold(job.fold)
     emotions = ("valence", "arousal") if job.emotion == "both" else (job.emotion,)
-    training = config.training
     return TrainSpec(
         store=config.store,
         fold=job.fold,
@@ -150,16 +149,7 @@ def spec_for(
         modalities=job.modalities,
         model=config.model,
         seed=job.seed,
-        window=training.window,
-        hop=training.hop,
-        batch_size=training.batch_size,
-        lr=training.lr,
-        weight_decay=training.weight_decay,
-        max_epochs=training.max_epochs,
-        patience=training.patience,
-        lr_patience=training.lr_patience,
-        lr_factor=training.lr_factor,
-        min_lr=training.min_lr,
+        **{name: getattr(config.training, name) for name in TRAINING_FIELDS},
         protocol=config.protocol,
         device=device,
         threads=threads,

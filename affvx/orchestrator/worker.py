@@ -2,8 +2,10 @@
 
 It records the attempt (state.json RUNNING, a heartbeat every few seconds, progress.json),
 runs the trainer, records how the attempt ended in attempts.jsonl and state.json, and exits
-with the status the backends understand: 0 complete, 75 checkpointed and to be requeued,
-2 bad input (never retried), 1 failed.
+with the status of the job protocol (affvx.protocol): 0 complete, 75 checkpointed and to be
+requeued, 2 failed deterministically (bad input; never retried), 1 failed. What it knows of
+its allocation -- scheduler id, CPUs, time limit, device -- comes from the AFFVX_* variables
+that every backend sets (JobEnvironment), never from a scheduler's own variables.
 """
 
 from __future__ import annotations
@@ -19,27 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from affvx.orchestrator.errors import USER_ERRORS
-from affvx.orchestrator.ledger import HEARTBEAT_INTERVAL_S, JobFiles, now_utc
+from affvx.orchestrator.ledger import (
+    HEARTBEAT_INTERVAL_S,
+    JobFiles,
+    attempt_record,
+    now_utc,
+)
 from affvx.orchestrator.plan import spec_for
 from affvx.orchestrator.rundir import RunDir
+from affvx.protocol import EXIT_COMPLETE, EXIT_FAILED, EXIT_INPUT, EXIT_REQUEUE, JobEnvironment
 from affvx.storage.atomic import atomic_write_json
+from affvx.trainers.errors import DivergenceError
 
-EXIT_COMPLETE, EXIT_FAILED, EXIT_INPUT, EXIT_REQUEUE = 0, 1, 2, 75
-SCHEDULER_ID_VARIABLES = (
-    "AFFVX_SCHEDULER_JOB_ID",
-    "SLURM_ARRAY_JOB_ID",
-    "SLURM_JOB_ID",
-    "PBS_JOBID",
-)
-
-
-def scheduler_job_id() -> str:
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    for variable in SCHEDULER_ID_VARIABLES:
-        if os.environ.get(variable):
-            return os.environ[variable]
-    return ""
+# failures that the same job would meet again: never retried
+DETERMINISTIC_ERRORS = (*USER_ERRORS, DivergenceError)
 
 
 class ProgressWriter:
@@ -117,18 +112,18 @@ def heartbeat(files: JobFiles, interval_s: float = HEARTBEAT_INTERVAL_S) -> Iter
         thread.join()
 
 
-def begin_attempt(files: JobFiles, backend: str) -> dict[str, Any]:
+def begin_attempt(files: JobFiles, environment: JobEnvironment) -> dict[str, Any]:
     """Record the start of an attempt; first close the record of one that died silently."""
     previous = files.state()
     if previous and previous.get("state") == "RUNNING":
-        files.append_attempt({**_attempt_record(previous), "end_utc": None, "exit_reason": "lost"})
+        files.append_attempt(attempt_record(previous, None, "lost"))
     submission = files.submission() or {}
     attempt = max(int((previous or {}).get("attempt", 0)) + 1, int(submission.get("attempt", 1)))
     state = {
         "attempt": attempt,
         "state": "RUNNING",
-        "backend": backend,
-        "scheduler_id": scheduler_job_id() or submission.get("scheduler_id", ""),
+        "backend": environment.backend,
+        "scheduler_id": environment.scheduler_job_id or submission.get("scheduler_id", ""),
         "node": socket.gethostname(),
         "pid": os.getpid(),
         "started_utc": now_utc(),
@@ -137,46 +132,21 @@ def begin_attempt(files: JobFiles, backend: str) -> dict[str, Any]:
     return state
 
 
-def end_attempt(files: JobFiles, state: dict[str, Any], outcome: str, reason: str = "") -> None:
-    final = {"completed": "COMPLETE", "preempted": "PREEMPTED", "cancelled": "CANCELLED"}.get(
-        outcome, "FAILED"
-    )
-    ended = {
-        **state,
-        "state": final,
-        "ended_utc": now_utc(),
-        "exit_reason": outcome,
-        "reason": reason,
-    }
-    files.append_attempt(
-        {**_attempt_record(ended), "end_utc": ended["ended_utc"], "exit_reason": outcome}
-    )
-    files.write_state(ended)
-
-
-def _attempt_record(state: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "attempt": state.get("attempt"),
-        "backend": state.get("backend"),
-        "scheduler_id": state.get("scheduler_id"),
-        "node": state.get("node"),
-        "pid": state.get("pid"),
-        "start_utc": state.get("started_utc"),
-    }
-
-
 def run_worker(run_path: Path, job_id: str) -> int:
     """Run one attempt of `job_id` in the run at `run_path`; return the exit status."""
     run = RunDir.open(run_path)
     job = run.job(job_id)
     files = JobFiles(run.job_dir(job_id))
     files.path.mkdir(parents=True, exist_ok=True)
-    state = begin_attempt(files, os.environ.get("AFFVX_BACKEND", ""))
-    limit = os.environ.get("AFFVX_TIME_LIMIT_S")
-    device = os.environ.get("AFFVX_DEVICE", "auto")
+    environment = JobEnvironment.from_environ()
+    state = begin_attempt(files, environment)
     try:
         spec = spec_for(
-            run.config, run.folds, job, time_limit_s=float(limit) if limit else None, device=device
+            run.config,
+            run.folds,
+            job,
+            time_limit_s=environment.time_left_s(),
+            device=environment.device,
         )
         from affvx.trainers.job import run_job  # torch loads here, in the worker only
 
@@ -185,23 +155,20 @@ def run_worker(run_path: Path, job_id: str) -> int:
             outcome = run_job(
                 spec, files.path, observer=ProgressWriter(files), provenance=provenance
             )
-    except USER_ERRORS as error:
-        end_attempt(files, state, "failed", reason=" ".join(str(error).split()))
+    except DETERMINISTIC_ERRORS as error:
+        files.close_attempt(state, "failed", reason=" ".join(str(error).split()))
         return EXIT_INPUT
     except Exception as error:
-        end_attempt(
-            files,
-            state,
-            "failed",
-            reason=f"{type(error).__name__}: {' '.join(str(error).split())}",
-        )
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        files.close_attempt(state, "failed", reason=reason)
         raise
     if outcome.result is not None:
-        end_attempt(files, state, "completed")
+        files.close_attempt(state, "completed")
         return EXIT_COMPLETE
     # stopped after a checkpoint: by `affvx cancel` (which marks the job first) or to be requeued
     cancelled = bool((files.submission() or {}).get("cancelled_utc"))
-    end_attempt(files, state, "cancelled" if cancelled else "preempted")
+    stopped_by = f"stopped by {outcome.stop_reason}" if outcome.stop_reason else ""
+    files.close_attempt(state, "cancelled" if cancelled else "preempted", reason=stopped_by)
     return EXIT_REQUEUE
 
 

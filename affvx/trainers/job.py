@@ -64,10 +64,12 @@ class JobOutcome(str, Enum):
 
 @dataclass
 class JobResult:
-    """How an attempt ended: COMPLETE with the result, or REQUEUE after a checkpoint."""
+    """How an attempt ended: COMPLETE with the result, or REQUEUE after a checkpoint, with
+    what stopped it (`stop_reason`: "time limit", or the signal's name)."""
 
     outcome: JobOutcome
     result: dict[str, Any] | None = None
+    stop_reason: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -84,11 +86,20 @@ class StopPolicy:
             None if time_limit_s is None else time.monotonic() + time_limit_s - margin_s
         )
         self.signal_received: int | None = None
+        self.out_of_time = False
 
     def must_stop(self, upcoming_s: float) -> bool:
         if self.signal_received is not None:
             return True
-        return self.deadline is not None and time.monotonic() + upcoming_s > self.deadline
+        if self.deadline is not None and time.monotonic() + upcoming_s > self.deadline:
+            self.out_of_time = True
+        return self.out_of_time
+
+    @property
+    def stop_reason(self) -> str:
+        if self.signal_received is not None:
+            return signal.Signals(self.signal_received).name
+        return "time limit" if self.out_of_time else ""
 
     @contextlib.contextmanager
     def catching_signals(self) -> Iterator[None]:
@@ -142,7 +153,7 @@ def run_job(
                 spec, job_dir, policy, observer or TrainingObserver(), provenance or {}
             )
         except StopRequested:
-            return JobResult(JobOutcome.REQUEUE)
+            return JobResult(JobOutcome.REQUEUE, stop_reason=policy.stop_reason)
         except BaseException as error:
             if not isinstance(error, (KeyboardInterrupt, SystemExit)):
                 record_failure(job_dir, error)

@@ -22,6 +22,20 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Settings that do not change what a job computes; kept out of the configuration hash.
 RUNTIME_FIELDS = ("device", "threads", "time_limit_s")
+# Optimisation and windowing settings: one value for every job of a grid ([training] in
+# experiment.toml, affvx.orchestrator.config.TrainingConfig, is made from these fields).
+TRAINING_FIELDS = (
+    "lr",
+    "weight_decay",
+    "max_epochs",
+    "patience",
+    "lr_patience",
+    "lr_factor",
+    "min_lr",
+    "window",
+    "hop",
+    "batch_size",
+)
 
 
 @dataclass(frozen=True)

@@ -205,15 +205,15 @@ def test_a_job_that_always_fails_ends_failed_and_the_rest_finish(
     from affvx.orchestrator.launch import prepare
 
     run_path = tmp_path / "run"
-    run, config, folds, jobs, _ = prepare(
+    plan = prepare(
         flags=_flags_of(small_store),
         config_file=None,
         run_path=run_path,
         resume=False,
         note=lambda m: None,
     )
-    run.create(config, folds, jobs)
-    doomed = run.job_dir("arousal-visual-fold1-seed0")
+    plan.run.create(plan.config, plan.folds, plan.jobs)
+    doomed = plan.run.job_dir("arousal-visual-fold1-seed0")
     (doomed / "metrics.csv").mkdir(parents=True)  # every attempt fails writing its metrics
     result = cli("launch", "--resume", "--run", run_path, "--max-parallel", "2")
     assert result.exit_code == 1

@@ -57,7 +57,7 @@ def test_a_run_of_another_experiment_is_refused(small_store: Path, tmp_path: Pat
     assert not run.exists()  # a dry run writes nothing
     from affvx.orchestrator.launch import prepare
 
-    run_dir, config, folds, jobs, _ = prepare(
+    plan = prepare(
         flags={
             "store": str(small_store),
             "folds": 3,
@@ -69,7 +69,7 @@ def test_a_run_of_another_experiment_is_refused(small_store: Path, tmp_path: Pat
         resume=False,
         note=lambda m: None,
     )
-    run_dir.create(config, folds, jobs)
+    plan.run.create(plan.config, plan.folds, plan.jobs)
     before = sorted(p.name for p in run.rglob("*"))
     result = cli("launch", "--run", run, "--epochs", "5")
     assert_refused(result, "is a run of another experiment", "max_epochs: 1 -> 5")
