@@ -257,9 +257,17 @@ def describe_options(options: Sequence[BackendOption]) -> str:
     return ", ".join(f"{o.name} ({o.flag})" if o.flag else o.name for o in options)
 
 
-def job_time_limit_s(resources: Resources, margin_s: float) -> float | None:
+def job_time_limit_s(resources: Resources, warning_s: float) -> float | None:
     """The time limit a job process gets (AFFVX_TIME_LIMIT_S): the allocation's, less the
-    margin the backend keeps for its warning, the checkpoint and the exit."""
+    backend's warning time (the job stops when the warning would come), and at least
+    EXIT_MARGIN of the limit (at most EXIT_MARGIN_MAX_S) for the checkpoint and the exit,
+    warned or not."""
     if resources.time_limit_min is None:
         return None
-    return max(60 * resources.time_limit_min - margin_s, 0.0)
+    limit_s = 60 * resources.time_limit_min
+    margin_s = max(warning_s, min(EXIT_MARGIN * limit_s, EXIT_MARGIN_MAX_S))
+    return max(limit_s - margin_s, 0.0)
+
+
+EXIT_MARGIN = 0.1
+EXIT_MARGIN_MAX_S = 300.0

@@ -18,6 +18,8 @@ Policy (tested on a fake backend in tests/orchestrator/test_pool.py):
 - a job that failed, or that the scheduler lost (UNKNOWN without a result), is submitted
   again up to `max_retries` times per submission; then it ends FAILED;
 - a job that exited with EXIT_INPUT failed deterministically and is never retried;
+- a job requeued STALLED_REQUEUES times in a row without training a batch more (a time
+  limit shorter than its start-up) ends FAILED, saying so, instead of looping forever;
 - a job marked cancelled in its files (`affvx cancel`, or `cancel` here) is stopped on the
   backend and ends CANCELLED;
 - result.json alone means COMPLETE, whatever the scheduler said.
@@ -67,6 +69,8 @@ class _Tracked:
     scheduler_id: str = ""
     failures: int = 0
     runtime_s: float = 0.0
+    stalled_requeues: int = 0
+    progress_seen: tuple[Any, Any] | None = None
 
     @property
     def files(self) -> JobFiles:
@@ -229,6 +233,9 @@ class JobPool:
             return False
         code = state.exit_code
         if code == EXIT_REQUEUE:
+            if self._stalled(item):
+                self._end(item, Outcome.FAILED, STALLED_REASON)
+                return False
             self.on_event(job_id, "checkpointed; requeued")
             return True  # it ended, so the scheduler did not requeue it: submit it again
         reason = {JobStatus.TIMEOUT: "timeout", JobStatus.UNKNOWN: "lost"}.get(
@@ -244,6 +251,14 @@ class JobPool:
             return False
         self.on_event(job_id, f"attempt failed ({describe_exit(code)}); retrying")
         return True
+
+    def _stalled(self, item: _Tracked) -> bool:
+        """Count requeues that trained nothing more; True once there are too many."""
+        progress = item.files.progress() or {}
+        seen = (progress.get("epoch"), progress.get("batches_done"))
+        item.stalled_requeues = item.stalled_requeues + 1 if seen == item.progress_seen else 0
+        item.progress_seen = seen
+        return item.stalled_requeues >= STALLED_REQUEUES
 
     def _end(self, item: _Tracked, outcome: Outcome, reason: str = "") -> None:
         result = item.files.result() if outcome is Outcome.COMPLETE else None
@@ -266,6 +281,11 @@ class JobPool:
 
 
 _UNKNOWN = SchedulerState(JobStatus.UNKNOWN)
+STALLED_REQUEUES = 3
+STALLED_REASON = (
+    f"requeued {STALLED_REQUEUES + 1} times without training a batch more: its time limit "
+    "is shorter than its start-up; raise --time-limit"
+)
 
 
 def _key(run: RunDir, job: PlannedJob) -> tuple[Path, str]:

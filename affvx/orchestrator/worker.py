@@ -83,6 +83,11 @@ class ProgressWriter:
         self.data["phase"] = phase
         self._write(force=True)
 
+    def flush(self) -> None:
+        """Write what is known now (at the end of an attempt, so the next one and the driver
+        see how far it got)."""
+        self._write(force=True)
+
     def _write(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._written >= self.min_interval_s:
@@ -152,9 +157,9 @@ def run_worker(run_path: Path, job_id: str) -> int:
 
         with heartbeat(files):
             provenance = {k: state[k] for k in ("attempt", "backend", "scheduler_id", "node")}
-            outcome = run_job(
-                spec, files.path, observer=ProgressWriter(files), provenance=provenance
-            )
+            progress = ProgressWriter(files)
+            outcome = run_job(spec, files.path, observer=progress, provenance=provenance)
+            progress.flush()
     except DETERMINISTIC_ERRORS as error:
         files.close_attempt(state, "failed", reason=" ".join(str(error).split()))
         return EXIT_INPUT

@@ -86,20 +86,14 @@ class StopPolicy:
             None if time_limit_s is None else time.monotonic() + time_limit_s - margin_s
         )
         self.signal_received: int | None = None
-        self.out_of_time = False
+        self.stop_reason = ""  # what stopped the job first: "time limit" or a signal's name
 
     def must_stop(self, upcoming_s: float) -> bool:
-        if self.signal_received is not None:
+        if self.stop_reason:
             return True
         if self.deadline is not None and time.monotonic() + upcoming_s > self.deadline:
-            self.out_of_time = True
-        return self.out_of_time
-
-    @property
-    def stop_reason(self) -> str:
-        if self.signal_received is not None:
-            return signal.Signals(self.signal_received).name
-        return "time limit" if self.out_of_time else ""
+            self.stop_reason = "time limit"
+        return bool(self.stop_reason)
 
     @contextlib.contextmanager
     def catching_signals(self) -> Iterator[None]:
@@ -115,6 +109,7 @@ class StopPolicy:
 
         def handler(signum: int, frame: Any) -> None:
             self.signal_received = signum
+            self.stop_reason = self.stop_reason or signal.Signals(signum).name
 
         for sig in STOP_SIGNALS:
             signal.signal(sig, handler)

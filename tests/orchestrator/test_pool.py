@@ -195,3 +195,22 @@ def test_one_pool_serves_several_runs(tmp_path: Path) -> None:
         ("two", "b"),
     ]
     assert all(e.outcome is Outcome.COMPLETE for e in ended)
+
+
+def test_a_job_requeued_again_and_again_without_progress_fails_saying_why(run: RunDir) -> None:
+    backend = FakeBackend(sequence(Scripted(exit_code=EXIT_REQUEUE)))  # never trains a batch
+    ended = run_pool(backend, run, ["a"])
+    assert ended["a"].outcome is Outcome.FAILED and "raise --time-limit" in ended["a"].reason
+    assert sum(backend.submissions.values()) == 4
+
+
+def test_requeues_that_make_progress_go_on(run: RunDir) -> None:
+    def trains_a_batch(request: JobRequest) -> None:
+        files = JobFiles(Path(request.key))
+        done = (files.progress() or {}).get("batches_done", 0)
+        files.path.mkdir(parents=True, exist_ok=True)
+        (files.path / "progress.json").write_text(json.dumps({"batches_done": done + 1}))
+
+    requeue = Scripted(exit_code=EXIT_REQUEUE, effect=trains_a_batch)
+    backend = FakeBackend(sequence(*[requeue] * 6, Scripted(effect=completes)))
+    assert run_pool(backend, run, ["a"])["a"].outcome is Outcome.COMPLETE

@@ -18,7 +18,7 @@ from tests.support.runs import attempts, metrics_without_seconds
 pytestmark = pytest.mark.slow
 
 JOB = "valence-visual-fold0-seed0"
-EPOCHS = 8
+EPOCHS = 100
 
 
 def flags(store: Path, epochs: int, time_limit_min: float | None = None) -> dict:
