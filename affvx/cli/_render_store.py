@@ -54,7 +54,7 @@ def render_store_info(console: Console, info: dict[str, Any], *, per_trial: bool
     elif per_trial:
         console.print(_alignment_table(info["alignment"]))
     else:
-        console.print("alignment per trial: affvx data info STORE --alignment")
+        console.print(f"alignment per trial: affvx data info {info['store']} --alignment")
     if "oracle_ccc" in info:
         oracle = Table(title="oracle CCC (all modalities)", title_justify="left")
         for column in ("partition", "valence", "arousal"):
