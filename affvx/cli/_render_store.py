@@ -32,7 +32,7 @@ def render_store_info(console: Console, info: dict[str, Any], *, per_trial: bool
         )
     console.print(partitions)
     modalities = Table(title="modalities", title_justify="left")
-    columns = ("modality", "dim", "dtype", "source", "padded trials", "padded rows")
+    columns = ("modality", "dim", "dtype", "source", "padded trials", "padded frames")
     for column in (*columns, "re-expanded trials", "filled frames"):
         modalities.add_column(column)
     for name, spec in info["modalities"].items():
@@ -42,7 +42,7 @@ def render_store_info(console: Console, info: dict[str, Any], *, per_trial: bool
             spec["dtype"],
             spec["source"],
             str(spec["padded_trials"]),
-            _count(spec["padded_rows"]),
+            _count(spec["padded_frames"]),
             _count(spec["re_expanded_trials"]),
             _count(spec["filled_frames"]),
         )

@@ -80,11 +80,11 @@ def _alignment_totals(alignment: dict[str, Any] | None, modality: str) -> dict[s
         t["streams"][modality] for t in (alignment or {}).values() if modality in t["streams"]
     ]
     if not records:
-        return {"re_expanded_trials": None, "filled_frames": None, "padded_rows": None}
+        return {"re_expanded_trials": None, "filled_frames": None, "padded_frames": None}
     return {
         "re_expanded_trials": sum(r["layout"] == LABELLED for r in records),
         "filled_frames": sum(r["filled"] for r in records),
-        "padded_rows": sum(r["padded"] for r in records),
+        "padded_frames": sum(r["padded"] for r in records),
     }
 
 
@@ -120,7 +120,7 @@ def ingest_warnings(store: Path | str, modalities: list[str] | None = None) -> l
         if source:
             at_rate = " at its own rate" if source["layout"] == RATE else ""
             detail = f"{source['rows']} rows{at_rate} read for {detail}"
-        lines.append(f"  {trial} {modality}: {rows} row(s) padded ({detail})")
+        lines.append(f"  {trial} {modality}: {rows} frame(s) padded ({detail})")
     if len(padded) > MAX_WARNING_LINES:
         lines.append(f"  ... and {len(padded) - MAX_WARNING_LINES} more")
     return lines

@@ -83,7 +83,7 @@ def test_minus_five_becomes_nan_and_lengths_follow_the_annotation(tmp_path: Path
     # frames, the last row is repeated, the padding recorded and warned about
     np.testing.assert_array_equal(store.features("1-30-640x360", "visual")[:, 0], [0, 2, 4, 4, 4])
     assert store.manifest["padded_rows"] == {"visual": {"1-30-640x360": 2}}
-    assert "1-30-640x360 visual: 2 row(s) padded (3 rows read for 5 frames)" in result.stderr
+    assert "1-30-640x360 visual: 2 frame(s) padded (3 rows read for 5 frames)" in result.stderr
     # the unannotated trial is a test trial; its length comes from its features
     assert store.trials_in("Test_Set") == ["2-30-640x360"]
     assert store.trial_info("2-30-640x360").fps == 30.0

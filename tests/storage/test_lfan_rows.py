@@ -162,7 +162,7 @@ def test_the_alignment_is_reported_per_trial(tmp_path: Path, cli) -> None:
     assert described["alignment"] == alignment
     assert described["modalities"]["mfcc"]["re_expanded_trials"] == 2
     assert described["modalities"]["mfcc"]["filled_frames"] == 66
-    assert described["modalities"]["mfcc"]["padded_rows"] == 0
+    assert described["modalities"]["mfcc"]["padded_frames"] == 0
 
     table = cli("data", "info", tmp_path / "store", "--alignment")
     assert table.exit_code == 0, table.stderr
@@ -208,7 +208,7 @@ def test_old_padding_now_warns_loudly(tmp_path: Path, cli) -> None:
     result = cli("data", "ingest-affwild2", root, tmp_path / "store")
     assert result.exit_code == 0, result.stderr
     assert "warning: 1 feature stream(s) were shorter than their trial" in result.stderr
-    assert "2-30-640x360 au: 3 row(s) padded (297 rows read for 300 frames)" in result.stderr
+    assert "2-30-640x360 au: 3 frame(s) padded (297 rows read for 300 frames)" in result.stderr
     stored = FeatureStore(tmp_path / "store").manifest["alignment"]["2-30-640x360"]
     assert stored["streams"]["au"] == {"rows": 297, "layout": "frames", "padded": 3, "filled": 0}
 
@@ -219,7 +219,7 @@ def test_rows_frames_reads_rows_as_video_frames(tmp_path: Path, cli) -> None:
     (root / "npy_data" / "3-30-640x360" / "label.npy").unlink()
     result = cli("data", "ingest-affwild2", root, tmp_path / "store", "--rows", "frames")
     assert result.exit_code == 0, result.stderr
-    assert "3-30-640x360 mfcc: 6 row(s) padded" in result.stderr
+    assert "3-30-640x360 mfcc: 6 frame(s) padded" in result.stderr
 
 
 def _assert_refused(result, tmp_path: Path, *needles: str) -> None:  # type: ignore[no-untyped-def]

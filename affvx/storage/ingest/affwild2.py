@@ -70,7 +70,11 @@ _NOMINAL_FPS = re.compile(r"^\d+-(\d+(?:\.\d+)?)-\d+x\d+")
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """Choices of `affvx data ingest-affwild2` beyond ROOT and STORE."""
+    """Choices of `affvx data ingest-affwild2` beyond ROOT and STORE.
+
+    `rows` says what a row of a video-rate array stands for: "auto", "frames" or "labelled"
+    (see rows.py).
+    """
 
     modalities: tuple[str, ...] | None = None
     rates_hz: dict[str, float] = field(default_factory=dict)
@@ -419,13 +423,16 @@ def _labels(
         return None
     labels = read_label_array(source.label_file)
     listed = trial_list.get(source.trial)
-    complete = not np.isfinite(labels).all() or listed is None or listed.frames == len(labels)
-    if not complete and options.rows != FRAMES:
+    lost_frames = (
+        listed is not None and listed.frames != len(labels) and bool(np.isfinite(labels).all())
+    )
+    if lost_frames and options.rows != FRAMES:
+        assert listed is not None
         raise InputDataError(
             f"{source.label_file}: {len(labels)} rows without -5, but the trial list gives "
-            f"trial {source.trial} {listed.frames if listed else '?'} frames: these are LFAN's "
-            "labelled rows, which cannot be put back on their frames without the annotation; "
-            "add its annotation file, or pass --rows frames to store them as consecutive frames"
+            f"trial {source.trial} {listed.frames} frames: these are LFAN's labelled rows, "
+            "which cannot be put back on their frames without the annotation; add its "
+            "annotation file, or pass --rows frames to store them as consecutive frames"
         )
     return labels
 
