@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
-from affvx.cli._console import note, print_json, progress_bar, stdout
+from affvx.cli._console import note, print_json, progress_bar, stderr, stdout
 
 app = typer.Typer(
     help="Make, ingest and describe feature stores.",
@@ -50,6 +51,11 @@ def info_command(
     store: Path = typer.Argument(..., help="A feature store directory."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
     verify: bool = typer.Option(False, "--verify", help="Also check every file's checksum."),
+    alignment: bool = typer.Option(
+        False,
+        "--alignment",
+        help="Also list every trial: rows read, frames, rows padded, frames re-expanded.",
+    ),
 ) -> None:
     """Describe a store: trials and frames per partition, modalities, labels, oracle CCCs.
 
@@ -66,7 +72,7 @@ def info_command(
     if as_json:
         print_json(info)
     else:
-        render_store_info(stdout, info)
+        render_store_info(stdout, info, per_trial=alignment)
 
 
 def _split_names(text: str | None) -> tuple[str, ...] | None:
@@ -117,8 +123,19 @@ def ingest_command(
     max_pad_s: float = typer.Option(
         1.0, "--max-pad-s", help="Most seconds a short feature stream may be padded at its end."
     ),
+    rows: str = typer.Option(
+        "auto",
+        "--rows",
+        help="What a row of a video-rate array is: auto (detect per trial), frames (one per "
+        "video frame), labelled (one per labelled frame, as LFAN's npy_data; put back on "
+        "their frames).",
+    ),
 ) -> None:
     """Ingest Aff-Wild2 annotations and features (LFAN npy, feature folders, audio) into a store.
+
+    Arrays with one row per labelled frame (LFAN's preprocessing drops the -5 frames) are put
+    back on their frames; padding is warned about; `affvx data info STORE --alignment` shows
+    how every trial was aligned.
 
     Example: affvx data ingest-affwild2 ~/aff-wild2 aw2-store --rate mfcc=100
     """
@@ -131,10 +148,22 @@ def ingest_command(
         wav_dir=wav_dir,
         audio_features=_split_names(audio_features) or (),
         max_pad_s=max_pad_s,
+        rows=rows,
     )
     with progress_bar("ingesting trials") as update:
         path = ingest_affwild2(root, store, options, on_trial=update)
     note(f"wrote {path}")
+    _report_alignment(path)
+
+
+def _report_alignment(path: Path, modalities: list[str] | None = None) -> None:
+    """Say on stderr how the new store's rows were put on their frames; padding loudly."""
+    from affvx.storage.summary import ingest_warnings, re_expansion_note
+
+    if modalities is None and (line := re_expansion_note(path)):
+        note(line)
+    for line in ingest_warnings(path, modalities):
+        stderr.print(Text(line, style="bold yellow"), soft_wrap=True)
 
 
 @app.command("audio")
@@ -167,3 +196,4 @@ def audio_command(
             on_trial=update,
         )
     note(f"wrote {path}")
+    _report_alignment(path, list(_split_names(features) or ()))

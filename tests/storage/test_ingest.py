@@ -66,7 +66,7 @@ def test_minus_five_becomes_nan_and_lengths_follow_the_annotation(tmp_path: Path
     root = tmp_path / "tree"
     (root / "annotations/VA_Set/Train_Set").mkdir(parents=True)
     (root / "annotations/VA_Set/Train_Set/1-30-640x360.txt").write_text(
-        "valence,arousal\n0.5,-0.25\n-5,-5\n1,-1\n-0.125,0.0\n"
+        "valence,arousal\n0.5,-0.25\n-5,-5\n1,-1\n-0.125,0.0\n0.25,0.25\n"
     )
     (root / "features/visual").mkdir(parents=True)
     np.save(
@@ -79,9 +79,11 @@ def test_minus_five_becomes_nan_and_lengths_follow_the_annotation(tmp_path: Path
     labels = store.labels("1-30-640x360")
     np.testing.assert_array_equal(labels[[0, 2, 3]], [[0.5, -0.25], [1, -1], [-0.125, 0]])
     assert np.isnan(labels[1]).all()
-    # 4 annotated frames, 3 feature rows: the last row is repeated and the padding recorded
-    np.testing.assert_array_equal(store.features("1-30-640x360", "visual")[:, 0], [0, 2, 4, 4])
-    assert store.manifest["padded_rows"] == {"visual": {"1-30-640x360": 1}}
+    # 5 annotated frames (4 labelled), 3 feature rows of a features/ stream: read as video
+    # frames, the last row is repeated, the padding recorded and warned about
+    np.testing.assert_array_equal(store.features("1-30-640x360", "visual")[:, 0], [0, 2, 4, 4, 4])
+    assert store.manifest["padded_rows"] == {"visual": {"1-30-640x360": 2}}
+    assert "1-30-640x360 visual: 2 frame(s) padded (3 rows read for 5 frames)" in result.stderr
     # the unannotated trial is a test trial; its length comes from its features
     assert store.trials_in("Test_Set") == ["2-30-640x360"]
     assert store.trial_info("2-30-640x360").fps == 30.0

@@ -3,8 +3,9 @@
 What ROOT may hold (any mix; every modality must cover every trial):
 
     annotations/VA_Set/{Train_Set,Validation_Set}/<trial>.txt   labels and partitions
-    npy_data/<trial>/<modality>.npy (+ label.npy)               seed 002 (LFAN) arrays,
-                                                                 one row per video frame
+    npy_data/<trial>/<modality>.npy (+ label.npy)               seed 002 (LFAN) arrays, one
+                                                                 row per video frame or per
+                                                                 labelled frame (rows.py)
     features/<modality>/<trial>.npy | .csv                       any feature, at the video
                                                                  rate or a declared rate
     cropped_aligned/<trial>/                                     marks test trials
@@ -14,7 +15,9 @@ What ROOT may hold (any mix; every modality must cover every trial):
 Trials without an annotation file are test trials. A trial's length is its annotation's line
 count (after the header); failing that the LFAN label array, the trial list's frame count, the
 last face crop, or the longest video-rate feature. Frame rates come from --trial-list, else
-from the nominal rate in names like `3-25-1920x1080`.
+from the nominal rate in names like `3-25-1920x1080`. Arrays with one row per labelled frame
+(LFAN's preprocessing) are put back on their frames, and how every stream of every trial became
+its frames is recorded in the manifest (`alignment`).
 """
 
 from __future__ import annotations
@@ -23,12 +26,21 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from affvx.storage import format as fmt
 from affvx.storage.errors import InputDataError
-from affvx.storage.ingest.align import align_to_frames
+from affvx.storage.ingest.align import (
+    ALIGNMENT_KEY,
+    FRAMES,
+    LABELLED,
+    RATE,
+    align_to_frames,
+    expand_labelled_rows,
+    stream_record,
+)
 from affvx.storage.ingest.audio import (
     AUDIO_FEATURES,
     AUDIO_RATE_HZ,
@@ -36,6 +48,7 @@ from affvx.storage.ingest.audio import (
     check_audio_features,
     find_wav,
 )
+from affvx.storage.ingest.rows import ROW_CHOICES, StreamRows, TrialFrames, decide_row_layouts
 from affvx.storage.ingest.sources import (
     read_annotation,
     read_feature_file,
@@ -57,7 +70,11 @@ _NOMINAL_FPS = re.compile(r"^\d+-(\d+(?:\.\d+)?)-\d+x\d+")
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """Choices of `affvx data ingest-affwild2` beyond ROOT and STORE."""
+    """Choices of `affvx data ingest-affwild2` beyond ROOT and STORE.
+
+    `rows` says what a row of a video-rate array stands for: "auto", "frames" or "labelled"
+    (see rows.py).
+    """
 
     modalities: tuple[str, ...] | None = None
     rates_hz: dict[str, float] = field(default_factory=dict)
@@ -65,6 +82,7 @@ class IngestOptions:
     wav_dir: Path | None = None
     audio_features: tuple[str, ...] = ()
     max_pad_s: float = 1.0
+    rows: str = "auto"
 
 
 @dataclass
@@ -95,6 +113,11 @@ def ingest_affwild2(
 ) -> Path:
     """Read an Aff-Wild2 tree under `root` and write a new store at `store`."""
     root = Path(root)
+    if options.rows not in ROW_CHOICES:
+        raise InputDataError(
+            f"--rows {options.rows}: choose {', '.join(ROW_CHOICES)} (what a row of a video-rate "
+            "array stands for)"
+        )
     if not root.is_dir():
         raise InputDataError(f"{root}: not a directory")
     trial_list = (
@@ -118,10 +141,15 @@ def ingest_affwild2(
         "trial_list": str(options.trial_list) if options.trial_list else None,
         "wav_dir": str(options.wav_dir) if options.wav_dir else None,
         "max_pad_s": options.max_pad_s,
+        "rows": options.rows,
     }
+    alignment: dict[str, Any] = {}
     with StoreWriter(store, specs, provenance=provenance) as writer:
+        writer.extra_manifest = {ALIGNMENT_KEY: alignment}
         for done, source in enumerate(ordered, start=1):
-            _write_trial(writer, root, source, modalities, specs, trial_list, extractor, options)
+            alignment[source.trial] = _write_trial(
+                writer, source, modalities, specs, trial_list, extractor, options
+            )
             if on_trial:
                 on_trial(done, len(ordered))
     return Path(store)
@@ -276,67 +304,137 @@ def _feature_dim(trial: _SourceTrial, modality: _Modality) -> int:
 
 def _write_trial(
     writer: StoreWriter,
-    root: Path,
     source: _SourceTrial,
     modalities: list[_Modality],
     specs: list[ModalitySpec],
     trial_list: dict[str, TrialRow],
     extractor: AudioExtractor | None,
     options: IngestOptions,
-) -> None:
-    labels = _labels(source)
+) -> dict[str, Any]:
+    """Align every modality of one trial to its frames, add it; return its alignment record."""
+    labels = _labels(source, trial_list, options)
     n_frames = (
         labels.shape[0]
         if labels is not None
         else _unlabelled_length(source, modalities, trial_list)
     )
+    labelled_frames = int(np.isfinite(labels).all(axis=1).sum()) if labels is not None else None
     if labels is None:
         labels = np.full((n_frames, 2), np.nan, dtype=np.float32)
     fps = _frame_rate(source.trial, trial_list)
-    audio = None
-    if extractor is not None:
-        assert options.wav_dir is not None
-        audio = extractor.extract(find_wav(options.wav_dir, fmt.video_of_trial(source.trial)))
+    raw = _read_streams(source, modalities, specs, extractor, options)
+    layouts = _row_layouts(source, labels, modalities, raw, options)
     features: dict[str, np.ndarray] = {}
-    padded: dict[str, int] = {}
-    for modality, spec in zip(modalities, specs):
-        if modality.audio:
-            assert audio is not None
-            values = audio[modality.name]
-            where = f"{options.wav_dir}: audio of {source.trial} ({modality.name})"
+    streams: dict[str, dict[str, Any]] = {}
+    for modality in modalities:
+        values, where = raw[modality.name]
+        layout = layouts.get(modality.name, RATE if modality.rate_hz else FRAMES)
+        padded = filled = 0
+        if layout == LABELLED:
+            features[modality.name], filled = expand_labelled_rows(
+                values, np.isfinite(labels).all(axis=1)
+            )
         else:
-            path = source.features[modality.name]
-            values, where = read_feature_file(path), str(path)
-            if values.shape[1] != spec.dim:
-                raise InputDataError(
-                    f"{path}: {values.shape[1]} values per row, but {modality.name} has "
-                    f"{spec.dim} (from the first trial); every trial of a modality needs the same "
-                    "dimension"
-                )
-        features[modality.name], padded[modality.name] = align_to_frames(
-            values,
-            n_frames=n_frames,
-            fps=fps,
-            rate_hz=modality.rate_hz,
-            max_pad_s=options.max_pad_s,
-            source=where,
-        )
+            features[modality.name], padded = align_to_frames(
+                values,
+                n_frames=n_frames,
+                fps=fps,
+                rate_hz=modality.rate_hz,
+                max_pad_s=options.max_pad_s,
+                source=where,
+            )
+        streams[modality.name] = stream_record(values.shape[0], layout, padded, filled)
     writer.add_trial(
         trial=source.trial,
         partition=source.partition or "Test_Set",
         fps=fps if fps else float("nan"),
         labels=labels,
         features=features,
-        padded_rows=padded,
+        padded_rows={name: record["padded"] for name, record in streams.items()},
+    )
+    return {"frames": n_frames, "labelled_frames": labelled_frames, "streams": streams}
+
+
+def _read_streams(
+    source: _SourceTrial,
+    modalities: list[_Modality],
+    specs: list[ModalitySpec],
+    extractor: AudioExtractor | None,
+    options: IngestOptions,
+) -> dict[str, tuple[np.ndarray, str]]:
+    """{modality: (rows as read, where they came from)} for one trial."""
+    audio = None
+    if extractor is not None:
+        assert options.wav_dir is not None
+        audio = extractor.extract(find_wav(options.wav_dir, fmt.video_of_trial(source.trial)))
+    raw: dict[str, tuple[np.ndarray, str]] = {}
+    for modality, spec in zip(modalities, specs):
+        if modality.audio:
+            assert audio is not None
+            where = f"{options.wav_dir}: audio of {source.trial} ({modality.name})"
+            raw[modality.name] = (audio[modality.name], where)
+            continue
+        path = source.features[modality.name]
+        values = read_feature_file(path)
+        if values.shape[1] != spec.dim:
+            raise InputDataError(
+                f"{path}: {values.shape[1]} values per row, but {modality.name} has "
+                f"{spec.dim} (from the first trial); every trial of a modality needs the same "
+                "dimension"
+            )
+        raw[modality.name] = (values, str(path))
+    return raw
+
+
+def _row_layouts(
+    source: _SourceTrial,
+    labels: np.ndarray,
+    modalities: list[_Modality],
+    raw: dict[str, tuple[np.ndarray, str]],
+    options: IngestOptions,
+) -> dict[str, str]:
+    """FRAMES or LABELLED for each video-rate stream of an annotated trial (see rows.py)."""
+    if source.annotation is None:
+        return {}
+    streams = [
+        StreamRows(
+            m.name,
+            source.features[m.name],
+            raw[m.name][0].shape[0],
+            lfan=m.source == "npy_data",
+        )
+        for m in modalities
+        if not m.audio and m.rate_hz is None
+    ]
+    label_array = None
+    if source.label_file is not None:
+        label_array = (source.label_file, read_label_array(source.label_file))
+    return decide_row_layouts(
+        options.rows, TrialFrames(source.trial, labels), streams, label_array
     )
 
 
-def _labels(source: _SourceTrial) -> np.ndarray | None:
+def _labels(
+    source: _SourceTrial, trial_list: dict[str, TrialRow], options: IngestOptions
+) -> np.ndarray | None:
     if source.annotation is not None:
         return read_annotation(source.annotation)
-    if source.label_file is not None:
-        return read_label_array(source.label_file)
-    return None
+    if source.label_file is None:
+        return None
+    labels = read_label_array(source.label_file)
+    listed = trial_list.get(source.trial)
+    lost_frames = (
+        listed is not None and listed.frames != len(labels) and bool(np.isfinite(labels).all())
+    )
+    if lost_frames and options.rows != FRAMES:
+        assert listed is not None
+        raise InputDataError(
+            f"{source.label_file}: {len(labels)} rows without -5, but the trial list gives "
+            f"trial {source.trial} {listed.frames} frames: these are LFAN's labelled rows, "
+            "which cannot be put back on their frames without the annotation; add its "
+            "annotation file, or pass --rows frames to store them as consecutive frames"
+        )
+    return labels
 
 
 def _unlabelled_length(

@@ -11,6 +11,18 @@ import numpy as np
 
 from affvx.storage.errors import InputDataError
 
+# The manifest key of the per-trial alignment report: {trial: {"frames", "labelled_frames",
+# "streams": {modality: {"rows", "layout", "padded", "filled"}}}}.
+ALIGNMENT_KEY = "alignment"
+FRAMES = "frames"  # one row per video frame
+LABELLED = "labelled"  # one row per labelled frame (LFAN's npy_data), re-expanded
+RATE = "rate"  # rows at the modality's own rate, aligned by time
+
+
+def stream_record(rows: int, layout: str, padded: int, filled: int) -> dict[str, int | str]:
+    """How one feature stream of a trial became its frames, as the manifest records it."""
+    return {"rows": int(rows), "layout": layout, "padded": int(padded), "filled": int(filled)}
+
 
 def align_to_frames(
     values: np.ndarray,
@@ -56,3 +68,19 @@ def align_to_frames(
         )
     np.minimum(index, rows - 1, out=index)
     return np.asarray(values[index]), padded
+
+
+def expand_labelled_rows(values: np.ndarray, labelled: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rows of `values`, one per labelled frame, put back on all frames of their trial.
+
+    `labelled` marks the frames that the rows stand for, in order (len(values) of them). An
+    unlabelled frame has no row of its own: it repeats the row of the labelled frame before it
+    (the first labelled row for a leading run), the rule for any frame without a feature row,
+    and its label stays NaN, so loss and metric never see it. Returns the rows for every frame
+    and how many frames were filled.
+    """
+    labelled = np.asarray(labelled, dtype=bool)
+    n_labelled = int(np.count_nonzero(labelled))
+    assert values.shape[0] == n_labelled, (values.shape, n_labelled)
+    index = np.maximum(np.cumsum(labelled) - 1, 0)
+    return np.asarray(values[index]), int(labelled.size - n_labelled)

@@ -8,6 +8,7 @@ for a missing store points to.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 from affvx.storage import format as fmt
 from affvx.storage.atomic import fsync_path
 from affvx.storage.errors import InputDataError, StoreExistsError
-from affvx.storage.ingest.align import align_to_frames
+from affvx.storage.ingest.align import ALIGNMENT_KEY, RATE, align_to_frames, stream_record
 from affvx.storage.ingest.audio import (
     AUDIO_RATE_HZ,
     AudioExtractor,
@@ -93,10 +94,12 @@ def _write_extended(
     }
     extractor = AudioExtractor(audio)
     names = store.trial_names
+    alignment = copy.deepcopy(store.manifest.get(ALIGNMENT_KEY, {}))
     with StoreWriter(target, old_specs + new_specs, provenance=provenance) as writer:
         writer.extra_manifest = {
             k: store.manifest[k] for k in CARRIED_MANIFEST_KEYS if k in store.manifest
         }
+        writer.extra_manifest[ALIGNMENT_KEY] = alignment
         for done, trial in enumerate(names, start=1):
             info = store.trial_info(trial)
             features = {spec.name: store.features(trial, spec.name) for spec in old_specs}
@@ -113,6 +116,13 @@ def _write_extended(
                     rate_hz=AUDIO_RATE_HZ,
                     max_pad_s=max_pad_s,
                     source=f"{wav_dir}: audio of {trial} ({spec.name})",
+                )
+                record = alignment.setdefault(
+                    trial,
+                    {"frames": info.n_frames, "labelled_frames": info.n_labelled, "streams": {}},
+                )
+                record["streams"][spec.name] = stream_record(
+                    len(computed[spec.name]), RATE, padded[spec.name], 0
                 )
             writer.add_trial(
                 trial=trial,
