@@ -13,6 +13,7 @@ trial's rows are one contiguous buffer that numpy can view without copying.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from affvx.storage.errors import InputDataError
 
@@ -22,6 +23,19 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 TRIALS_FILE = "trials.parquet"
 LABELS_FILE = "labels.arrow"
+
+
+@dataclass(frozen=True)
+class TrialPlace:
+    """Where one trial lives in a store: the identifying columns of its trials.parquet row."""
+
+    trial: str
+    partition: str
+    video: str
+    fps: float
+    n_frames: int
+    row_offset: int
+
 
 PARTITIONS = ("Train_Set", "Validation_Set", "Test_Set")
 LABELLED_PARTITIONS = ("Train_Set", "Validation_Set")

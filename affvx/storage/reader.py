@@ -29,17 +29,12 @@ from affvx.storage.writer import file_sha256
 
 
 @dataclass(frozen=True)
-class TrialInfo:
-    """One row of trials.parquet: where a trial lives in the store."""
+class TrialInfo(fmt.TrialPlace):
+    """One row of trials.parquet: where a trial lives in the store, its row number and how
+    many of its frames have both labels."""
 
-    index: int
-    trial: str
-    partition: str
-    video: str
-    fps: float
-    n_frames: int
-    row_offset: int
-    n_labelled: int
+    index: int = 0
+    n_labelled: int = 0
 
 
 class FeatureStore:

@@ -56,14 +56,19 @@ class ModalitySpec:
             )
 
 
+PLACE_TYPES = {
+    "trial": pa.string(),
+    "partition": pa.string(),
+    "video": pa.string(),
+    "fps": pa.float64(),
+    "n_frames": pa.int64(),
+    "row_offset": pa.int64(),
+}
+
+
 @dataclass
 class _TrialRecord:
-    trial: str
-    partition: str
-    video: str
-    fps: float
-    n_frames: int
-    row_offset: int
+    place: fmt.TrialPlace
     n_valid: dict[str, int]
     sums: dict[str, np.ndarray] = field(repr=False)
     sumsqs: dict[str, np.ndarray] = field(repr=False)
@@ -159,13 +164,16 @@ class StoreWriter:
                 f"trial {trial}: has modalities {sorted(features)}, the store has "
                 f"{sorted(self.modalities)}"
             )
-        record = _TrialRecord(
+        place = fmt.TrialPlace(
             trial=trial,
             partition=partition,
             video=video or fmt.video_of_trial(trial),
             fps=float(fps),
             n_frames=n_frames,
             row_offset=self._n_rows,
+        )
+        record = _TrialRecord(
+            place=place,
             n_valid={e: int(np.isfinite(labels[:, i]).sum()) for i, e in enumerate(fmt.EMOTIONS)},
             sums={},
             sumsqs={},
@@ -243,12 +251,10 @@ class StoreWriter:
     def _trials_table(self) -> pa.Table:
         records = self._records
         columns: dict[str, Any] = {
-            "trial": [r.trial for r in records],
-            "partition": [r.partition for r in records],
-            "video": [r.video for r in records],
-            "fps": pa.array([r.fps for r in records], pa.float64()),
-            "n_frames": pa.array([r.n_frames for r in records], pa.int64()),
-            "row_offset": pa.array([r.row_offset for r in records], pa.int64()),
+            **{
+                name: pa.array([getattr(r.place, name) for r in records], kind)
+                for name, kind in PLACE_TYPES.items()
+            },
             "n_labelled": pa.array([r.n_valid["both"] for r in records], pa.int64()),
         }
         for emotion in fmt.EMOTIONS:
@@ -270,7 +276,7 @@ class StoreWriter:
             fmt.modality_file(m) for m in self.modalities
         ]
         padded = {
-            name: {r.trial: r.padded[name] for r in self._records if r.padded.get(name, 0)}
+            name: {r.place.trial: r.padded[name] for r in self._records if r.padded.get(name, 0)}
             for name in self.modalities
         }
         return {
