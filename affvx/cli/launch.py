@@ -9,6 +9,8 @@ import typer
 
 from affvx.cli._console import note, stderr, stdout
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
 
 def _names(text: str | None) -> tuple[str, ...] | None:
     if text is None:
@@ -17,18 +19,33 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def _seeds(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            seeds.extend(range(int(first), int(last) + 1) if last else [int(first)])
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r}: use numbers and ranges, e.g. 0,1,2 or 0-4", param_hint="--seeds"
-        ) from None
-    return tuple(seeds)
+    from affvx.orchestrator.config import parse_seeds
+
+    return None if text is None else parse_seeds(text)
+
+
+def _minutes(text: str | None) -> float | None:
+    from affvx.orchestrator.config import parse_duration_min
+
+    return None if text is None else parse_duration_min(text)
+
+
+class _RememberRun:
+    """Passes the driver's reports on to the view and keeps the run, for the Ctrl-C note."""
+
+    def __init__(self) -> None:
+        self.view: Any = None
+        self.run_path: Path | None = None
+
+    def on_plan(self, run: Any, jobs: list[Any], resumed: bool) -> None:
+        self.run_path = run.path
+        self.view.on_plan(run, jobs, resumed)
+
+    def on_views(self, views: dict[str, Any]) -> None:
+        self.view.on_views(views)
+
+    def on_event(self, job_id: str, message: str) -> None:
+        self.view.on_event(job_id, message)
 
 
 def launch_command(
@@ -56,8 +73,11 @@ def launch_command(
     lr: float = typer.Option(None, "--lr", help="Learning rate [default: 3e-4]."),
     cpus: int = typer.Option(None, "--cpus", help="CPUs per job [default: 1]."),
     gpus: int = typer.Option(None, "--gpus", help="GPUs per job [default: 0]."),
-    time_limit: float = typer.Option(
-        None, "--time-limit", help="Minutes per job attempt; jobs checkpoint and requeue."
+    time_limit: str = typer.Option(
+        None,
+        "--time-limit",
+        help="Time per job attempt, e.g. 90s, 45m, 2h, 1h30m (a plain number is minutes); "
+        "jobs checkpoint before it and are requeued.",
     ),
     max_retries: int = typer.Option(
         None, "--max-retries", help="Retries of a failed job per launch [default: 2]."
@@ -92,10 +112,15 @@ def launch_command(
 
     Follows the jobs with live progress and prints the summary. Re-running on the same --run
     (or --resume) skips complete jobs and resumes the others from their checkpoints.
-    Example: affvx launch --folds 6 --emotions valence,arousal
+    Examples: affvx launch --folds 6 --emotions valence,arousal --dry-run (the plan only);
+    affvx launch --resume (continue the newest run under ./runs)
     """
     from affvx.cli._run_view import LiveLaunchView
+    from affvx.orchestrator.config import check_max_parallel
     from affvx.orchestrator.launch import launch
+
+    if max_parallel is not None:
+        check_max_parallel(max_parallel)
 
     flags: dict[str, Any] = {
         "store": str(store) if store is not None else None,
@@ -106,7 +131,7 @@ def launch_command(
         "seeds": _seeds(seeds),
         "model": {"name": model},
         "training": {"max_epochs": epochs, "lr": lr},
-        "resources": {"cpus": cpus, "gpus": gpus, "time_limit_min": time_limit},
+        "resources": {"cpus": cpus, "gpus": gpus, "time_limit_min": _minutes(time_limit)},
         "backend": {
             "name": backend,
             "max_retries": max_retries,
@@ -121,18 +146,24 @@ def launch_command(
             },
         },
     }
-    with LiveLaunchView(stderr) as view:
-        outcome = launch(
-            flags=flags,
-            config_file=config,
-            run_path=run,
-            resume=resume,
-            dry_run=dry_run,
-            detach=detach,
-            max_parallel=max_parallel,
-            observer=view,
-            note=note,
-        )
+    observer = _RememberRun()
+    try:
+        with LiveLaunchView(stderr) as view:
+            observer.view = view
+            outcome = launch(
+                flags=flags,
+                config_file=config,
+                run_path=run,
+                resume=resume,
+                dry_run=dry_run,
+                detach=detach,
+                max_parallel=max_parallel,
+                observer=observer,
+                note=note,
+            )
+    except KeyboardInterrupt:
+        note(_how_to_continue(observer.run_path or _existing_run(run)))
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if outcome.dry_run_scripts:
         _print_plan(outcome)
         return
@@ -141,6 +172,21 @@ def launch_command(
         return
     _print_summary(outcome)
     raise typer.Exit(outcome.exit_code)
+
+
+def _existing_run(path: Path | None) -> Path | None:
+    from affvx.orchestrator.rundir import RunDir
+
+    return path if path is not None and RunDir(path).exists() else None
+
+
+def _how_to_continue(run_path: Path | None) -> str:
+    if run_path is None:
+        return "interrupted before the run was written: nothing to continue"
+    return (
+        f"interrupted: {run_path} keeps every checkpoint; continue with "
+        f"`affvx launch --resume --run {run_path}`"
+    )
 
 
 def _print_plan(outcome: Any) -> None:
