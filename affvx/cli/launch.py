@@ -112,8 +112,8 @@ def launch_command(
 
     Follows the jobs with live progress and prints the summary. Re-running on the same --run
     (or --resume) skips complete jobs and resumes the others from their checkpoints.
-    Examples: affvx launch --folds 6 --emotions valence,arousal --dry-run (the plan only);
-    affvx launch --resume (continue the newest run under ./runs)
+    Examples: `affvx launch --folds 6 --emotions valence,arousal --dry-run` (the plan only);
+    `affvx launch --resume` (continue the newest run under ./runs)
     """
     from affvx.cli._run_view import LiveLaunchView
     from affvx.orchestrator.config import check_max_parallel

@@ -38,8 +38,8 @@ def train_command(
     """Train one job (fold x emotion x modality set) in the foreground.
 
     Stopped (Ctrl-C, SIGTERM, --time-limit), it checkpoints and exits with status 75; the same
-    command resumes it. Example (after `affvx data synth demo-store`): affvx train demo-store
-    --fold 0 --emotion valence --modalities visual,mfcc --out runs/one --epochs 5
+    command resumes it. Example (after `affvx data synth demo-store`): `affvx train demo-store
+    --fold 0 --emotion valence --modalities visual,mfcc --out runs/one --epochs 2`
     """
     from rich.table import Table
 

@@ -181,7 +181,9 @@ def build_config(data: dict[str, Any], source: str = "configuration") -> Experim
     _check_keys(backend, BackendConfig, source, "[backend] ", exclude=("options",))
     values["backend"] = _typed(BackendConfig, {**backend, "options": options}, "[backend]")
     if "max_parallel" in options.get("local", {}):
-        check_max_parallel(options["local"]["max_parallel"], f"{source}: [backend.local] max_parallel")
+        check_max_parallel(
+            options["local"]["max_parallel"], f"{source}: [backend.local] max_parallel"
+        )
     if "modalities" in data:
         data["modalities"] = modality_sets(data["modalities"], source)
     if "emotions" in data:

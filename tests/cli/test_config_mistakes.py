@@ -4,6 +4,7 @@ nothing written, or is accepted with the one meaning that the config module docu
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,10 @@ def launch_with(cli, tmp_path: Path, store: Path, body: str, *flags: str):  # ty
             '[resources]\ntime_limit = "2h"\ntime_limit_min = 30',
             ("both time_limit and time_limit_min",),
         ),
-        ("[backend.local]\nmax_parallel = 0", ("[backend.local] max_parallel 0: give at least 1",)),
+        (
+            "[backend.local]\nmax_parallel = 0",
+            ("[backend.local] max_parallel 0: give at least 1",),
+        ),
     ],
 )
 def test_a_wrong_value_in_the_file_is_one_line(
@@ -71,14 +75,22 @@ def test_a_flat_list_of_modalities_is_refused_with_both_spellings(
 @pytest.mark.parametrize(
     "body, cells",
     [
-        ('modalities = [["visual", "mfcc"]]', {("valence", "visual+mfcc"), ("arousal", "visual+mfcc")}),
+        (
+            'modalities = [["visual", "mfcc"]]',
+            {("valence", "visual+mfcc"), ("arousal", "visual+mfcc")},
+        ),
         ('modalities = ["visual,mfcc"]', {("valence", "visual+mfcc"), ("arousal", "visual+mfcc")}),
         ('modalities = "visual,mfcc"', {("valence", "visual+mfcc"), ("arousal", "visual+mfcc")}),
         ('modalities = ["visual"]', {("valence", "visual"), ("arousal", "visual")}),
-        ('modalities = ["visual", "visual,mfcc"]', {
-            ("valence", "visual"), ("arousal", "visual"),
-            ("valence", "visual+mfcc"), ("arousal", "visual+mfcc"),
-        }),
+        (
+            'modalities = ["visual", "visual,mfcc"]',
+            {
+                ("valence", "visual"),
+                ("arousal", "visual"),
+                ("valence", "visual+mfcc"),
+                ("arousal", "visual+mfcc"),
+            },
+        ),
         ('emotions = "valence"\nmodalities = [["visual"]]', {("valence", "visual")}),
         (
             'emotions = "valence,arousal"\nmodalities = [["mfcc"]]',
@@ -93,7 +105,10 @@ def test_the_documented_spellings_plan_the_cells_they_say(
 
     config = experiment_file(tmp_path, small_store, body)
     _, _, _, jobs, _ = prepare(
-        flags={"folds": 2}, config_file=config, run_path=tmp_path / "run", resume=False,
+        flags={"folds": 2},
+        config_file=config,
+        run_path=tmp_path / "run",
+        resume=False,
         note=lambda m: None,
     )
     assert {(job.emotion, job.modality_set) for job in jobs} == cells
@@ -161,8 +176,23 @@ def test_ctrl_c_before_the_run_exists_says_only_interrupted(
 def test_a_diverging_job_is_not_retried(small_store: Path, tmp_path: Path, cli) -> None:
     run = tmp_path / "run"
     result = cli(
-        "launch", "--store", small_store, "--run", run, "--folds", "2", "--emotions", "valence",
-        "--modalities", "visual", "--epochs", "2", "--lr", "1e12", "--max-retries", "2",
+        "launch",
+        "--store",
+        small_store,
+        "--run",
+        run,
+        "--folds",
+        "2",
+        "--emotions",
+        "valence",
+        "--modalities",
+        "visual",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e12",
+        "--max-retries",
+        "2",
     )
     assert result.exit_code == 1, result.stderr
     for job_dir in (run / "jobs").iterdir():
@@ -171,3 +201,56 @@ def test_a_diverging_job_is_not_retried(small_store: Path, tmp_path: Path, cli) 
         assert len(attempts) == 1, attempts  # deterministic: a retry would diverge again
         assert state["state"] == "FAILED" and "lower the learning rate (--lr" in state["reason"]
     assert "lower the learning rate (--lr, or lr under [training]" in result.stderr
+
+
+def test_a_bad_time_limit_on_launch_is_one_line(small_store: Path, tmp_path: Path, cli) -> None:
+    run = tmp_path / "run"
+    result = cli("launch", "--store", small_store, "--run", run, *BASE, "--time-limit", "2x")
+    assert_refused(result, "--time-limit 2x: use e.g. 90s, 45m, 2h or 1h30m")
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    "text, minutes",
+    [
+        ("90s", 1.5),
+        ("45m", 45.0),
+        ("2h", 120.0),
+        ("1h30m", 90.0),
+        ("1.5h", 90.0),
+        ("1d", 1440.0),
+        ("120", 120.0),
+        (120, 120.0),
+    ],
+)
+def test_durations_and_plain_numbers_are_minutes(text: object, minutes: float) -> None:
+    from affvx.orchestrator.config import parse_duration_min
+
+    assert parse_duration_min(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["2x", "h", "-3", "0", "1e3", "", "2h-5m"])
+def test_a_bad_duration_says_how_to_write_one(text: str) -> None:
+    from affvx.orchestrator.config import parse_duration_min
+    from affvx.orchestrator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"--time-limit {re.escape(text)}: "):
+        parse_duration_min(text)
+
+
+def test_a_duration_in_the_file_is_saved_as_minutes(small_store: Path, tmp_path: Path) -> None:
+    from affvx.orchestrator.config import build_config, resolve_config, to_toml
+
+    config = experiment_file(tmp_path, small_store, '[resources]\ntime_limit = "1h30m"')
+    resolved = resolve_config(flags={}, config_file=config)
+    assert resolved.resources.time_limit_min == 90.0
+    saved = to_toml(resolved)
+    assert "time_limit_min = 90.0" in saved and "time_limit =" not in saved
+    from affvx.orchestrator.config import tomllib
+
+    assert build_config(tomllib.loads(saved)).resources == resolved.resources
+    # a saved run (minutes) resumed with a --config that spells a duration: the later one wins
+    again = resolve_config(
+        flags={}, config_file=config, saved={"resources": {"time_limit_min": 5}}
+    )
+    assert again.resources.time_limit_min == 90.0

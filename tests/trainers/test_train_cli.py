@@ -188,7 +188,11 @@ def test_train_and_launch_default_to_the_same_model() -> None:
 
 @pytest.mark.parametrize("given, seconds", [("2", 120.0), ("90s", 90.0), ("1h30m", 5400.0)])
 def test_time_limit_takes_the_durations_of_launch(
-    small_store: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch, given: str,
+    small_store: Path,
+    tmp_path: Path,
+    cli,
+    monkeypatch: pytest.MonkeyPatch,
+    given: str,
     seconds: float,
 ) -> None:
     from affvx.orchestrator import train
