@@ -31,8 +31,9 @@ def print_json(data: Any) -> None:
 
 
 def note(message: str) -> None:
-    """A one-line remark for the user, on stderr."""
-    stderr.print(message, soft_wrap=True)
+    """A one-line remark for the user, on stderr, printed as is (a reason that quotes
+    `[training]` must not be read as console markup)."""
+    stderr.print(message, soft_wrap=True, markup=False)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ def cancel_command(
 ) -> None:
     """Cancel every unfinished job of a run (complete jobs are kept; --resume runs the rest).
 
-    Example: affvx cancel runs/20261122-101500
+    Example: `affvx cancel` (the newest run; or give its directory, runs/<timestamp>)
     """
     from affvx.orchestrator.cancel import cancel_run
     from affvx.orchestrator.rundir import newest_run

@@ -40,7 +40,7 @@ def collect_command(
 ) -> None:
     """Write RUN/report/: folds.csv, summary.csv/md, plots, submission/VA_Set/<trial>.txt.
 
-    Example: affvx collect runs/20261122-101500 --ensemble ccc-centering --smooth valence=25,arousal=11
+    Example: `affvx collect --ensemble ccc-centering --smooth valence=25,arousal=11`
     """
     from affvx.cli._run_view import summary_table
     from affvx.orchestrator.collect import collect

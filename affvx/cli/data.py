@@ -34,7 +34,7 @@ def synth_command(
 ) -> None:
     """Make a synthetic Aff-Wild2-shaped corpus with a known best CCC (the oracle).
 
-    Example: affvx data synth demo-store --trials 60 --seed 0
+    Example: `affvx data synth my-store --trials 30 --seed 1`
     """
     from affvx.storage.synth import SynthConfig, make_synthetic_store
 
@@ -59,7 +59,7 @@ def info_command(
 ) -> None:
     """Describe a store: trials and frames per partition, modalities, labels, oracle CCCs.
 
-    Example: affvx data info demo-store --json
+    Example (after `affvx data synth demo-store`): `affvx data info demo-store --json`
     """
     from affvx.cli._render_store import render_store_info
     from affvx.storage.reader import FeatureStore
@@ -137,7 +137,8 @@ def ingest_command(
     back on their frames; padding is warned about; `affvx data info STORE --alignment` shows
     how every trial was aligned.
 
-    Example: affvx data ingest-affwild2 ~/aff-wild2 aw2-store --rate mfcc=100
+    Example, with your Aff-Wild2 tree in ~/aff-wild2:
+    `affvx data ingest-affwild2 ~/aff-wild2 aw2-store`
     """
     from affvx.storage.ingest.affwild2 import IngestOptions, ingest_affwild2
 
@@ -182,7 +183,8 @@ def audio_command(
 ) -> None:
     """Compute eGeMAPS / MFCC features from audio with openSMILE and add them to a store.
 
-    Example: affvx data audio ~/aff-wild2/wav aw2-store --features egemaps,mfcc
+    Example (after `affvx data ingest-affwild2 ~/aff-wild2 aw2-store`):
+    `affvx data audio ~/aff-wild2/wav aw2-store --features egemaps`
     """
     from affvx.storage.ingest.extend import add_audio_features
 

@@ -18,7 +18,7 @@ def folds_command(
 ) -> None:
     """Show which trials every fold trains and validates on.
 
-    Example: affvx folds demo-store --protocol abaw2 --json
+    Example (after `affvx data synth demo-store`): `affvx folds demo-store --protocol abaw2 --json`
     """
     from affvx.orchestrator.folds import folds_of_store
 

@@ -7,7 +7,11 @@ from typing import Any
 
 import typer
 
+from affvx.cli._backend_flags import with_backend_flags
 from affvx.cli._console import note, stderr, stdout
+from affvx.cluster.registry import backend_names
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -17,20 +21,36 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def _seeds(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            seeds.extend(range(int(first), int(last) + 1) if last else [int(first)])
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r}: use numbers and ranges, e.g. 0,1,2 or 0-4", param_hint="--seeds"
-        ) from None
-    return tuple(seeds)
+    from affvx.orchestrator.config import parse_seeds
+
+    return None if text is None else parse_seeds(text)
 
 
+def _minutes(text: str | None) -> float | None:
+    from affvx.orchestrator.config import parse_duration_min
+
+    return None if text is None else parse_duration_min(text)
+
+
+class _RememberRun:
+    """Passes the driver's reports on to the view and keeps the run, for the Ctrl-C note."""
+
+    def __init__(self) -> None:
+        self.view: Any = None
+        self.run_path: Path | None = None
+
+    def on_plan(self, run: Any, jobs: list[Any], resumed: bool) -> None:
+        self.run_path = run.path
+        self.view.on_plan(run, jobs, resumed)
+
+    def on_views(self, views: dict[str, Any]) -> None:
+        self.view.on_views(views)
+
+    def on_event(self, job_id: str, message: str) -> None:
+        self.view.on_event(job_id, message)
+
+
+@with_backend_flags
 def launch_command(
     folds: int = typer.Option(None, "--folds", help="Number of folds [default: 6]."),
     emotions: str = typer.Option(
@@ -45,9 +65,8 @@ def launch_command(
     protocol: str = typer.Option(None, "--protocol", help="abaw2 or kfold [default: abaw2]."),
     store: Path = typer.Option(None, "--store", help="Feature store [default: the demo corpus]."),
     run: Path = typer.Option(None, "--run", help="Run directory [default: runs/<timestamp>]."),
-    backend: str = typer.Option(None, "--backend", help="local or slurm [default: local]."),
-    max_parallel: int = typer.Option(
-        None, "--max-parallel", help="Most jobs at once (local) [default: CPUs / cpus per job]."
+    backend: str = typer.Option(
+        None, "--backend", help=f"{' or '.join(backend_names())} [default: local]."
     ),
     seeds: str = typer.Option(
         None, "--seeds", help="Seeds to repeat every cell with, e.g. 0-2 [default: 0]."
@@ -56,24 +75,19 @@ def launch_command(
     lr: float = typer.Option(None, "--lr", help="Learning rate [default: 3e-4]."),
     cpus: int = typer.Option(None, "--cpus", help="CPUs per job [default: 1]."),
     gpus: int = typer.Option(None, "--gpus", help="GPUs per job [default: 0]."),
-    time_limit: float = typer.Option(
-        None, "--time-limit", help="Minutes per job attempt; jobs checkpoint and requeue."
+    time_limit: str = typer.Option(
+        None,
+        "--time-limit",
+        help="Time per job attempt, e.g. 90s, 45m, 2h, 1h30m (a plain number is minutes); "
+        "jobs checkpoint before it and are requeued.",
     ),
     max_retries: int = typer.Option(
         None, "--max-retries", help="Retries of a failed job per launch [default: 2]."
     ),
-    partition: str = typer.Option(None, "--partition", help="SLURM partition."),
-    account: str = typer.Option(None, "--account", help="SLURM account."),
-    qos: str = typer.Option(None, "--qos", help="SLURM quality of service."),
-    constraint: str = typer.Option(None, "--constraint", help="SLURM node constraint."),
-    sbatch: list[str] = typer.Option(
-        None, "--sbatch", help="Extra #SBATCH directive KEY=VALUE; repeat for several."
-    ),
-    setup: list[str] = typer.Option(
-        None, "--setup", help="Shell line run before each job (module load ...); repeat."
-    ),
-    array_parallelism: int = typer.Option(
-        None, "--array-parallelism", help="Most array tasks running at once (SLURM %N)."
+    backend_option: list[str] = typer.Option(
+        None,
+        "--backend-option",
+        help="A backend option NAME=VALUE (see docs/architecture.md); repeat for several.",
     ),
     config: Path = typer.Option(
         None, "--config", help="experiment.toml with any of these settings (flags win)."
@@ -87,12 +101,14 @@ def launch_command(
     resume: bool = typer.Option(
         False, "--resume", help="Continue a run (the newest under ./runs without --run)."
     ),
+    backend_flags: dict[str, Any] | None = None,
 ) -> None:
     """Plan the grid (folds x emotions x modality sets x seeds) and run a trainer for every cell.
 
     Follows the jobs with live progress and prints the summary. Re-running on the same --run
     (or --resume) skips complete jobs and resumes the others from their checkpoints.
-    Example: affvx launch --folds 6 --emotions valence,arousal
+    Examples: `affvx launch --folds 6 --emotions valence,arousal --dry-run` (the plan only);
+    `affvx launch --resume` (continue the newest run under ./runs)
     """
     from affvx.cli._run_view import LiveLaunchView
     from affvx.orchestrator.launch import launch
@@ -106,33 +122,28 @@ def launch_command(
         "seeds": _seeds(seeds),
         "model": {"name": model},
         "training": {"max_epochs": epochs, "lr": lr},
-        "resources": {"cpus": cpus, "gpus": gpus, "time_limit_min": time_limit},
-        "backend": {
-            "name": backend,
-            "max_retries": max_retries,
-            "slurm": {
-                "partition": partition,
-                "account": account,
-                "qos": qos,
-                "constraint": constraint,
-                "extra_directives": list(sbatch) if sbatch else None,
-                "setup": list(setup) if setup else None,
-                "array_parallelism": array_parallelism,
-            },
-        },
+        "resources": {"cpus": cpus, "gpus": gpus, "time_limit_min": _minutes(time_limit)},
+        "backend": {"name": backend, "max_retries": max_retries},
     }
-    with LiveLaunchView(stderr) as view:
-        outcome = launch(
-            flags=flags,
-            config_file=config,
-            run_path=run,
-            resume=resume,
-            dry_run=dry_run,
-            detach=detach,
-            backend_flags={"--max-parallel": max_parallel},
-            observer=view,
-            note=note,
-        )
+    observer = _RememberRun()
+    try:
+        with LiveLaunchView(stderr) as view:
+            observer.view = view
+            outcome = launch(
+                flags=flags,
+                config_file=config,
+                run_path=run,
+                resume=resume,
+                dry_run=dry_run,
+                detach=detach,
+                backend_flags=backend_flags,
+                backend_option_texts=list(backend_option or ()),
+                observer=observer,
+                note=note,
+            )
+    except KeyboardInterrupt:
+        note(_how_to_continue(observer.run_path or _existing_run(run)))
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if outcome.dry_run_scripts:
         _print_plan(outcome)
         return
@@ -141,6 +152,21 @@ def launch_command(
         return
     _print_summary(outcome)
     raise typer.Exit(outcome.exit_code)
+
+
+def _existing_run(path: Path | None) -> Path | None:
+    from affvx.orchestrator.rundir import RunDir
+
+    return path if path is not None and RunDir(path).exists() else None
+
+
+def _how_to_continue(run_path: Path | None) -> str:
+    if run_path is None:
+        return "interrupted before the run was written: nothing to continue"
+    return (
+        f"interrupted: {run_path} keeps every checkpoint; continue with "
+        f"`affvx launch --resume --run {run_path}`"
+    )
 
 
 def _print_plan(outcome: Any) -> None:

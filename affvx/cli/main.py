@@ -49,7 +49,11 @@ def root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script: exit 0 done, 1 jobs failed, 2 bad input."""
+    """Entry point of the console script: exit 0 done, 1 jobs failed, 2 bad input.
+
+    `affvx` or `affvx data` alone prints that command's help on stdout and exits 0: asking
+    what a command can do is not a mistake, and the help is the answer (as `--help` gives it).
+    """
     try:
         result = app(args=argv, prog_name="affvx", standalone_mode=False)
     except typer.Abort:
@@ -57,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.TyperException as error:  # a usage error: bad option, missing argument
         context = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+            sys.stdout.write(context.get_help() + "\n")  # (typer vendors click: match by name)
+            sys.exit(0)
         where = context.command_path if context else "affvx"
         print_error(f"{error.format_message()} (see '{where} --help')")
         sys.exit(getattr(error, "exit_code", 2))

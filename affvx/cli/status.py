@@ -19,7 +19,7 @@ def status_command(
 ) -> None:
     """Show every job: state, epoch, best validation CCC, attempts, elapsed time, scheduler id.
 
-    Example: affvx status runs/20261122-101500 --json
+    Example: `affvx status --json` (the newest run; or give its directory, runs/<timestamp>)
     """
     from affvx.orchestrator.rundir import newest_run
     from affvx.orchestrator.status import run_status

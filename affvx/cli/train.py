@@ -21,27 +21,33 @@ def train_command(
     out: Path = typer.Option(
         ..., "--out", help="Job directory (checkpoint, metrics, predictions)."
     ),
-    model: str = typer.Option("tcn", "--model", help="tcn, lfan or gru."),
+    model: str = typer.Option("lfan", "--model", help="lfan, tcn or gru (as `affvx launch`)."),
     epochs: int = typer.Option(30, "--epochs", help="Maximum number of epochs."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     protocol: str = typer.Option("abaw2", "--protocol", help="abaw2 or kfold."),
     n_folds: int = typer.Option(6, "--folds", help="Number of folds of the protocol."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     lr: float = typer.Option(None, "--lr", help="Learning rate (AdamW) [default: 3e-4]."),
-    time_limit: float = typer.Option(
-        None, "--time-limit", help="Seconds this run may take; it checkpoints and stops before."
+    time_limit: str = typer.Option(
+        None,
+        "--time-limit",
+        help="How long this run may take, e.g. 90s, 45m, 2h (a plain number is minutes, as for "
+        "`affvx launch`); it checkpoints and stops before.",
     ),
 ) -> None:
     """Train one job (fold x emotion x modality set) in the foreground.
 
     Stopped (Ctrl-C, SIGTERM, --time-limit), it checkpoints and exits with status 75; the same
-    command resumes it. Example: affvx train demo-store --fold 0 --emotion valence
-    --modalities visual,mfcc --out runs/one
+    command resumes it. Example (after `affvx data synth demo-store`): `affvx train demo-store
+    --fold 0 --emotion valence --modalities visual,mfcc --out runs/one --epochs 2`
     """
     from rich.table import Table
 
     from affvx.cli._train_view import EpochProgress
+    from affvx.orchestrator.config import parse_duration_min
     from affvx.orchestrator.train import single_job_spec, train_one
+
+    time_limit_s = None if time_limit is None else parse_duration_min(time_limit) * 60
 
     settings = {"lr": lr} if lr is not None else {}
     spec = single_job_spec(
@@ -55,7 +61,7 @@ def train_command(
         max_epochs=epochs,
         device=device,
         seed=seed,
-        time_limit_s=time_limit,
+        time_limit_s=time_limit_s,
         **settings,
     )
     with EpochProgress() as observer:

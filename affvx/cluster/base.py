@@ -96,6 +96,7 @@ class BackendOption:
     default: Any
     help: str
     flag: str | None = None
+    minimum: float | None = None  # for numbers: the smallest value it takes
 
     def __post_init__(self) -> None:
         if self.kind not in _OPTION_KINDS:
@@ -118,21 +119,25 @@ class BackendOption:
                 f"{self.name}={text!r}: expected {self.kind.__name__} ({self.help})"
             ) from None
 
-    def check(self, value: Any, where: str) -> Any:
-        """`value` (from TOML or a flag) if it has this option's type; ClusterError if not."""
+    def check(self, value: Any, label: str = "") -> Any:
+        """`value` (from TOML or a flag) if it has this option's type and range; ClusterError
+        naming it as `label` (the flag, or the TOML key) if not."""
+        label = label or self.name
         if value is None:
             return None
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
+            value = float(value)
         if self.kind is list and isinstance(value, (list, tuple)):
             if all(isinstance(v, str) for v in value):
                 return list(value)
-        elif isinstance(value, self.kind) and not (
-            self.kind is int and isinstance(value, bool)
-        ):
+        elif isinstance(value, self.kind) and not (self.kind is int and isinstance(value, bool)):
+            if self.minimum is not None and value < self.minimum:
+                raise ClusterError(
+                    f"{label} = {value!r}: give at least {self.minimum:g} ({self.help})"
+                )
             return value
         raise ClusterError(
-            f"{where}{self.name} = {value!r} is not a valid value: expected "
+            f"{label} = {value!r} is not a valid value: expected "
             f"{'a list of strings' if self.kind is list else self.kind.__name__} ({self.help})"
         )
 
@@ -217,9 +222,11 @@ class Backend(abc.ABC):
         arguments = {}
         for key, value in values.items():
             if key not in known:
-                raise ClusterError(f"{where}{key!r} is not an option of the {cls.name} backend; "
-                                   f"its options: {describe_options(cls.options)}")
-            checked = known[key].check(value, where)
+                raise ClusterError(
+                    f"{where}{key!r} is not an option of the {cls.name} backend; "
+                    f"its options: {describe_options(cls.options)}"
+                )
+            checked = known[key].check(value, f"{where}{key}")
             if checked is not None:
                 arguments[key] = checked
         return cls(**arguments)

@@ -70,14 +70,16 @@ class LocalBackend(Backend):
             None,
             "most jobs at once [default: CPUs / cpus per job]",
             flag="--max-parallel",
+            minimum=1,
         ),
         BackendOption(
             "signal_grace_s",
             float,
             30.0,
             "seconds before the time limit that a job is told to stop (SIGUSR2; 0: no signal)",
+            minimum=0,
         ),
-        BackendOption("kill_delay_s", float, 10.0, "seconds from SIGTERM to SIGKILL"),
+        BackendOption("kill_delay_s", float, 10.0, "seconds from SIGTERM to SIGKILL", minimum=0),
     )
 
     def __init__(

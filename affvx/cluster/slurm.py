@@ -158,6 +158,7 @@ class SlurmBackend(Backend):
             256,
             "most array tasks running at once (SLURM %N)",
             flag="--array-parallelism",
+            minimum=1,
         ),
         BackendOption(
             "signal_grace_s",

@@ -15,10 +15,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from affvx.cluster.base import Backend, BackendOption, JobRequest, Resources, describe_options
+from affvx.cluster.base import Backend, BackendOption, JobRequest, Resources
 from affvx.cluster.errors import ClusterError
-from affvx.cluster.registry import backend_class, backend_names, get_backend
-from affvx.orchestrator.config import ExperimentConfig
+from affvx.cluster.registry import backend_class, get_backend
+from affvx.orchestrator.config import ExperimentConfig, check_backend_sections, not_an_option
 from affvx.orchestrator.errors import ConfigError
 from affvx.orchestrator.plan import PlannedJob
 from affvx.orchestrator.rundir import RunDir
@@ -42,40 +42,27 @@ def with_backend_options(
         if value is None:
             continue
         if flag not in by_flag:
-            raise ConfigError(_not_an_option(flag, name, declared))
-        values[by_flag[flag].name] = value
+            raise ConfigError(not_an_option(flag, name, list(declared)))
+        values[by_flag[flag].name] = _checked(by_flag[flag], value, flag)
     for text in option_texts:
         key, sep, value = text.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--backend-option {text!r}: use NAME=VALUE, e.g. qos=long")
         if key not in by_name:
-            raise ConfigError(_not_an_option(f"--backend-option {key}", name, declared))
-        values[key] = _parsed(by_name[key], value)
+            raise ConfigError(not_an_option(f"--backend-option {key}", name, list(declared)))
+        values[key] = _checked(
+            by_name[key], _parsed(by_name[key], value), f"--backend-option {key}"
+        )
     options = {**config.backend.options, name: values}
-    return dataclasses.replace(config, backend=dataclasses.replace(config.backend, options=options))
-
-
-def check_backend_sections(config: ExperimentConfig) -> None:
-    """Every `[backend.<name>]` section names a backend and only options it declares."""
-    for name, values in config.backend.options.items():
-        if name not in backend_names():
-            raise ConfigError(
-                f"[backend.{name}]: no such backend; choose from {', '.join(backend_names())}"
-            )
-        declared = {option.name: option for option in backend_class(name).options}
-        for key, value in values.items():
-            if key not in declared:
-                raise ConfigError(_not_an_option(f"[backend.{name}] {key}", name, declared.values()))
-            try:
-                declared[key].check(value, f"[backend.{name}] ")
-            except ClusterError as error:
-                raise ConfigError(str(error)) from None
+    return dataclasses.replace(
+        config, backend=dataclasses.replace(config.backend, options=options)
+    )
 
 
 def make_backend(config: ExperimentConfig) -> Backend:
     """The configured backend (ConfigError for options it refuses)."""
-    check_backend_sections(config)
+    check_backend_sections(config.backend.options)
     name = config.backend.name
     try:
         return get_backend(name, config.backend.options_for(name), f"[backend.{name}] ")
@@ -104,15 +91,15 @@ def job_requests(
     ]
 
 
+def _checked(option: BackendOption, value: Any, label: str) -> Any:
+    try:
+        return option.check(value, label)
+    except ClusterError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _parsed(option: BackendOption, text: str) -> Any:
     try:
         return option.parse(text)
     except ClusterError as error:
         raise ConfigError(f"--backend-option {error}") from None
-
-
-def _not_an_option(what: str, backend: str, declared: Any) -> str:
-    return (
-        f"{what} is not an option of the {backend} backend; its options: "
-        f"{describe_options(list(declared))}"
-    )

@@ -10,8 +10,23 @@ RUN/experiment.toml, and compared on every later launch of the run.
 
     [model]      name = "lfan", channels = 64, ...        (affvx.trainers.spec.ModelConfig)
     [training]   lr = 3e-4, max_epochs = 30, ...          (affvx.trainers.spec.TrainSpec)
-    [resources]  cpus = 1, gpus = 0, mem_gb, time_limit_min
+    [resources]  cpus = 1, gpus = 0, mem_gb, time_limit_min (or time_limit = "2h")
     [backend]    name = "local", max_retries = 2, [backend.local] max_parallel = 2
+
+Every value has one meaning, the same as the flag of the same name:
+
+- `emotions`: a list of emotions, or one string as for --emotions ("valence",
+  "valence,arousal"). Each entry is a job of its own; "both" is one multi-task job.
+- `modalities`: a list of modality SETS, each a list (["visual", "mfcc"]) or a comma-separated
+  string ("visual,mfcc"); one string alone is one set (as one --modalities flag). A flat list
+  of two or more single names (["visual", "mfcc"]) could mean one set or several and is
+  refused: write [["visual", "mfcc"]] for one set, [["visual"], ["mfcc"]] for two.
+- `seeds`: a list of seeds, or a string as for --seeds ("0-4", "0,3"). A bare number is
+  refused: it could be one seed or that many.
+- `time_limit_min` (minutes, as saved) or `time_limit`: a duration, "90s", "45m", "2h",
+  "1h30m", "1d" (a plain number is minutes). --time-limit of `launch` and `train` take the
+  same durations. The saved experiment.toml always holds time_limit_min, so older affvx
+  versions read it.
 
 Everything but [resources] and [backend] decides the results: a run refuses a launch whose
 experiment part differs. [resources] and [backend] may change between launches of a run
@@ -21,6 +36,9 @@ experiment part differs. [resources] and [backend] may change between launches o
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import re
 import sys
 import types
 import typing
@@ -35,40 +53,30 @@ else:  # pragma: no cover
 
 import tomli_w
 
-from affvx.cluster.registry import backend_names
+from affvx.cluster.base import Resources, describe_options
+from affvx.cluster.errors import ClusterError
+from affvx.cluster.registry import backend_class, backend_names
 from affvx.orchestrator.errors import ConfigError
 from affvx.orchestrator.folds import PROTOCOLS
-from affvx.trainers.spec import EMOTIONS, MODELS, ModelConfig, TrainSpec
+from affvx.trainers.spec import EMOTIONS, MODELS, TRAINING_FIELDS, ModelConfig, TrainSpec
 
 EMOTION_TARGETS = (*EMOTIONS, "both")
 EXECUTION_SECTIONS = ("resources", "backend")
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Optimisation and windowing settings shared by every job of the grid (the trainers'
-    own defaults unless the experiment says otherwise)."""
-
-    lr: float = TrainSpec.lr
-    weight_decay: float = TrainSpec.weight_decay
-    max_epochs: int = TrainSpec.max_epochs
-    patience: int = TrainSpec.patience
-    lr_patience: int = TrainSpec.lr_patience
-    lr_factor: float = TrainSpec.lr_factor
-    min_lr: float = TrainSpec.min_lr
-    window: int = TrainSpec.window
-    hop: int = TrainSpec.hop
-    batch_size: int = TrainSpec.batch_size
-
-
-@dataclass(frozen=True)
-class ResourcesConfig:
-    """What each job asks its backend for."""
-
-    cpus: int = 1
-    gpus: int = 0
-    mem_gb: float | None = None
-    time_limit_min: float | None = None
+TrainingConfig = dataclasses.make_dataclass(
+    "TrainingConfig",
+    [
+        (name, TrainSpec.__dataclass_fields__[name].type, field(default=getattr(TrainSpec, name)))
+        for name in TRAINING_FIELDS
+    ],
+    frozen=True,
+    namespace={
+        "__doc__": "Optimisation and windowing settings shared by every job of the grid: the "
+        "fields TRAINING_FIELDS of TrainSpec, with its defaults (defined there, once).",
+        "__module__": __name__,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,8 @@ class ExperimentConfig:
     modalities: tuple[tuple[str, ...], ...] = (("visual",), ("visual", "mfcc", "vggish"))
     seeds: tuple[int, ...] = (0,)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="lfan"))
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)  # type: ignore[valid-type]
+    resources: Resources = field(default_factory=Resources)
     backend: BackendConfig = field(default_factory=BackendConfig)
 
     def experiment_part(self) -> dict[str, Any]:
@@ -123,9 +131,9 @@ def resolve_config(
     """
     merged: dict[str, Any] = {}
     if saved:
-        _merge(merged, saved)
+        _merge(merged, _spelled_once(saved, "the saved experiment.toml"))
     if config_file is not None:
-        _merge(merged, read_config_file(config_file))
+        _merge(merged, _spelled_once(read_config_file(config_file), str(config_file)))
     _merge(merged, _drop_none(flags))
     if "store" not in merged:
         raise ConfigError("no feature store: pass --store or set store in the config file")
@@ -144,39 +152,153 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def build_config(data: dict[str, Any], source: str = "configuration") -> ExperimentConfig:
     """An ExperimentConfig from nested plain data; unknown keys and bad values raise."""
-    data = dict(data)
+    data = _spelled_once(data, source)
     _check_keys(data, ExperimentConfig, source, "")
     sections = {
         "model": ModelConfig,
         "training": TrainingConfig,
-        "resources": ResourcesConfig,
+        "resources": Resources,
     }
     values: dict[str, Any] = {}
     for name, kind in sections.items():
-        section = dict(data.pop(name, {}))
+        section = _table(data.pop(name, {}), name, source)
         _check_keys(section, kind, source, f"[{name}] ")
         if name == "model":
             section.setdefault("name", "lfan")
         values[name] = _typed(kind, section, f"[{name}]")
-    backend = dict(data.pop("backend", {}))
+    backend = _table(data.pop("backend", {}), "backend", source)
     options = {k: backend.pop(k) for k in list(backend) if isinstance(backend[k], dict)}
     _check_keys(backend, BackendConfig, source, "[backend] ", exclude=("options",))
     values["backend"] = _typed(BackendConfig, {**backend, "options": options}, "[backend]")
     if "modalities" in data:
-        data["modalities"] = tuple(_modality_set(m) for m in data["modalities"])
-    for key in ("emotions", "seeds"):
-        if key in data:
-            data[key] = tuple(data[key])
+        data["modalities"] = modality_sets(data["modalities"], source)
+    if "emotions" in data:
+        data["emotions"] = emotion_list(data["emotions"], source)
+    if "seeds" in data:
+        data["seeds"] = seed_list(data["seeds"], source)
     data["store"] = str(data["store"])
     config = _typed(ExperimentConfig, {**data, **values}, source)
     validate(config)
     return config
 
 
-def _modality_set(value: Any) -> tuple[str, ...]:
+def _table(value: Any, name: str, source: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{source}: {name} = {_show(value)} is not a table: write its settings under [{name}]"
+        )
+    return dict(value)
+
+
+def _spelled_once(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`[resources] time_limit = "2h"` becomes time_limit_min = 120 (the spelling saved)."""
+    resources = data.get("resources")
+    if not isinstance(resources, dict) or "time_limit" not in resources:
+        return dict(data)
+    resources = dict(resources)
+    if "time_limit_min" in resources:
+        raise ConfigError(
+            f"{source}: [resources] has both time_limit and time_limit_min: keep one"
+        )
+    resources["time_limit_min"] = parse_duration_min(
+        resources.pop("time_limit"), f"{source}: [resources] time_limit"
+    )
+    return {**data, "resources": resources}
+
+
+def modality_sets(value: Any, source: str = "configuration") -> tuple[tuple[str, ...], ...]:
+    """The modality sets of `modalities` (see the module docstring for the accepted forms)."""
+    example = 'e.g. modalities = [["visual"], ["visual", "mfcc"]]'
+    if isinstance(value, str):
+        return (_modality_set(value, source),)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{source}: modalities = {_show(value)}: give a list of sets, {example}")
+    single_names = all(isinstance(item, str) and "," not in item for item in value)
+    if single_names and len(value) > 1:
+        one_set, each_alone = [list(value)], [[item] for item in value]
+        raise ConfigError(
+            f"{source}: modalities = {json.dumps(list(value))} is ambiguous: write modalities = "
+            f"{json.dumps(one_set)} for one set, or {json.dumps(each_alone)} for a set each"
+        )
+    return tuple(_modality_set(item, source) for item in value)
+
+
+def _modality_set(value: Any, source: str) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
-    return tuple(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise ConfigError(
+        f"{source}: modality set {_show(value)} is not a list of modality names, "
+        'e.g. ["visual", "mfcc"]'
+    )
+
+
+def emotion_list(value: Any, source: str = "configuration") -> tuple[str, ...]:
+    """`emotions`: a list of names, or one string of comma-separated names (as --emotions)."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise ConfigError(
+        f'{source}: emotions = {_show(value)}: give a list, e.g. emotions = ["valence", "arousal"]'
+    )
+
+
+def seed_list(value: Any, source: str = "configuration") -> tuple[int, ...]:
+    """`seeds`: a list of integers, or a string of numbers and ranges (as --seeds)."""
+    if isinstance(value, str):
+        return parse_seeds(value, f"{source}: seeds")
+    if isinstance(value, (list, tuple)) and all(_is_int(item) for item in value):
+        return tuple(value)
+    hint = ""
+    if _is_int(value):
+        hint = f" (one seed or {value} seeds?)"
+    raise ConfigError(
+        f"{source}: seeds = {_show(value)}{hint}: give a list, e.g. seeds = [0] or [0, 1, 2], "
+        'or a range, seeds = "0-2"'
+    )
+
+
+def parse_seeds(text: str, what: str = "--seeds") -> tuple[int, ...]:
+    """Seeds from numbers and ranges: "0,1,2", "0-4", "0,3-5"."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            seeds.extend(range(int(first), int(last) + 1) if last else [int(first)])
+    except ValueError:
+        raise ConfigError(f"{what} {text!r}: use numbers and ranges, e.g. 0,1,2 or 0-4") from None
+    return tuple(seeds)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_UNIT_MIN = {"d": 24 * 60.0, "h": 60.0, "m": 1.0, "s": 1 / 60}
+
+
+def parse_duration_min(value: Any, what: str = "--time-limit") -> float:
+    """Minutes in a duration: "90s", "45m", "2h", "1h30m", "1d"; a plain number is minutes."""
+    usage = f"{what} {value}: use e.g. 90s, 45m, 2h or 1h30m (a plain number is minutes)"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(usage)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        if re.fullmatch(_NUMBER, text):
+            minutes = float(text)
+        elif re.fullmatch(rf"(?:{_NUMBER}[dhms])+", text):
+            parts = re.findall(rf"({_NUMBER})([dhms])", text)
+            minutes = sum(float(number) * _UNIT_MIN[unit] for number, unit in parts)
+        else:
+            raise ConfigError(usage)
+    else:
+        minutes = float(value)
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise ConfigError(f"{what} {value}: a time limit must be longer than 0")
+    return minutes
 
 
 def validate(config: ExperimentConfig) -> None:
@@ -208,16 +330,39 @@ def validate(config: ExperimentConfig) -> None:
         )
     if config.backend.max_retries < 0:
         raise ConfigError("[backend] max_retries must be >= 0")
+    check_backend_sections(config.backend.options)
     training = config.training
     if training.lr <= 0 or training.max_epochs < 1 or training.window < 2 or training.hop < 1:
         raise ConfigError(
             "[training]: lr > 0, max_epochs >= 1, window >= 2 and hop >= 1 are required"
         )
-    resources = config.resources
-    if resources.cpus < 1 or resources.gpus < 0:
-        raise ConfigError("[resources]: cpus must be >= 1 and gpus >= 0")
-    if resources.time_limit_min is not None and resources.time_limit_min <= 0:
-        raise ConfigError("[resources] time_limit_min must be > 0")
+
+
+def check_backend_sections(options: dict[str, dict[str, Any]]) -> None:
+    """Every `[backend.<name>]` names a backend and only options it declares, with values of
+    their types (affvx.cluster.base.BackendOption)."""
+    for name, values in options.items():
+        if name not in backend_names():
+            raise ConfigError(
+                f"[backend.{name}]: no such backend; choose from {', '.join(backend_names())}"
+            )
+        declared = {option.name: option for option in backend_class(name).options}
+        for key, value in values.items():
+            if key not in declared:
+                raise ConfigError(
+                    not_an_option(f"[backend.{name}] {key}", name, list(declared.values()))
+                )
+            try:
+                declared[key].check(value, f"[backend.{name}] {key}")
+            except ClusterError as error:
+                raise ConfigError(str(error)) from None
+
+
+def not_an_option(what: str, backend: str, declared: list[Any]) -> str:
+    return (
+        f"{what} is not an option of the {backend} backend; its options: "
+        f"{describe_options(declared)}"
+    )
 
 
 def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

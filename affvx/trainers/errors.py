@@ -13,5 +13,9 @@ class CheckpointMismatchError(TrainerInputError):
     """A checkpoint written under another configuration than the job's."""
 
 
-class DivergenceError(TrainerError):
-    """Training produced a non-finite loss (a learning rate far too high is the usual cause)."""
+class DivergenceError(TrainerInputError):
+    """Training produced a non-finite loss (a learning rate far too high is the usual cause).
+
+    A bad-input error: the same settings diverge the same way again, so a job that diverged
+    is not retried (its worker exits with the bad-input status); the message names the fix.
+    """

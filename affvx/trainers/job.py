@@ -133,7 +133,7 @@ def run_job(
 
     `provenance` (who ran it: attempt, scheduler id, node) is stored in result.json as is.
     Raises the job's error after recording it in failure.json (TrainerInputError or
-    StorageError for bad settings or data, DivergenceError for a non-finite loss).
+    StorageError for bad settings or data, including DivergenceError for a non-finite loss).
     """
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)

@@ -236,7 +236,8 @@ class Trainer:
         if not math.isfinite(value):
             raise DivergenceError(
                 f"the training loss became {value} in epoch {self.progress.epoch} (learning rate "
-                f"{self.optimizer.param_groups[0]['lr']:g}); lower the learning rate"
+                f"{self.optimizer.param_groups[0]['lr']:g}); lower the learning rate (--lr, or "
+                "lr under [training] in experiment.toml)"
             )
         loss.backward()
         self.optimizer.step()
@@ -247,7 +248,8 @@ class Trainer:
         val_ccc = partition_ccc(self.store, predictions, spec.emotions)
         if not all(math.isfinite(v) for v in val_ccc.values()):
             raise DivergenceError(
-                f"validation CCC became {val_ccc} in epoch {progress.epoch}; lower the learning rate"
+                f"validation CCC became {val_ccc} in epoch {progress.epoch}; lower the learning "
+                "rate (--lr, or lr under [training] in experiment.toml)"
             )
         score = float(np.mean(list(val_ccc.values())))
         n_batches = math.ceil(len(self.windows) / spec.batch_size)

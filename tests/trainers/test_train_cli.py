@@ -71,7 +71,7 @@ def test_time_limit_exits_with_the_requeue_status(small_store: Path, tmp_path: P
         "--epochs",
         "3",
         "--time-limit",
-        "0.5",
+        "0.5s",
     )
     result = cli(*args)
     assert result.exit_code == 75
@@ -168,7 +168,52 @@ def test_a_diverging_loss_fails_the_job_with_its_reason(
         "1e12",
         *FAST,
     )
-    assert result.exit_code == 1
-    assert "the job failed: the training loss became nan" in result.stderr
-    assert "lower the learning rate" in json.loads((out / "failure.json").read_text())["reason"]
+    assert result.exit_code == 2  # bad input: the same settings diverge again
+    last = result.stderr.strip().splitlines()[-1]  # after the epoch progress lines
+    assert last.startswith("affvx: error: the training loss became nan")
+    failure = json.loads((out / "failure.json").read_text())
+    assert "lower the learning rate (--lr" in failure["reason"] and failure["user_error"]
     assert not (out / "result.json").exists()
+
+
+def test_train_and_launch_default_to_the_same_model() -> None:
+    import inspect
+
+    from affvx.cli.train import train_command
+    from affvx.orchestrator.config import ExperimentConfig
+
+    default = inspect.signature(train_command).parameters["model"].default.default
+    assert default == ExperimentConfig(store="any").model.name == "lfan"
+
+
+@pytest.mark.parametrize("given, seconds", [("2", 120.0), ("90s", 90.0), ("1h30m", 5400.0)])
+def test_time_limit_takes_the_durations_of_launch(
+    small_store: Path,
+    tmp_path: Path,
+    cli,
+    monkeypatch: pytest.MonkeyPatch,
+    given: str,
+    seconds: float,
+) -> None:
+    from affvx.orchestrator import train
+
+    seen = []
+
+    def capture(spec, job_dir, observer=None):  # type: ignore[no-untyped-def]
+        seen.append(spec.time_limit_s)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train, "train_one", capture)
+    args = ("--fold", "0", "--emotion", "valence", "--modalities", "visual")
+    cli("train", small_store, *args, "--out", tmp_path / "job", "--time-limit", given)
+    assert seen == [seconds]
+
+
+def test_a_bad_time_limit_is_one_line(small_store: Path, tmp_path: Path, cli) -> None:
+    args = ("--fold", "0", "--emotion", "valence", "--modalities", "visual")
+    result = cli("train", small_store, *args, "--out", tmp_path / "job", "--time-limit", "2x")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "affvx: error: --time-limit 2x: use e.g. 90s, 45m, 2h or 1h30m (a plain number is minutes)"
+    )
+    assert not (tmp_path / "job").exists()
