@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from affvx.cli._console import note, stdout
-
-EXIT_REQUEUE = 75
+from affvx.protocol import EXIT_REQUEUE
 
 
 def train_command(

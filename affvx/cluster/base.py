@@ -123,6 +123,7 @@ class BackendOption:
         """`value` (from TOML or a flag) if it has this option's type and range; ClusterError
         naming it as `label` (the flag, or the TOML key) if not."""
         label = label or self.name
+        shown = f"{label} {value!r}" if label.startswith("--") else f"{label} = {value!r}"
         if value is None:
             return None
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -133,11 +134,11 @@ class BackendOption:
         elif isinstance(value, self.kind) and not (self.kind is int and isinstance(value, bool)):
             if self.minimum is not None and value < self.minimum:
                 raise ClusterError(
-                    f"{label} = {value!r}: give at least {self.minimum:g} ({self.help})"
+                    f"{shown}: give at least {self.minimum:g} ({self.help})"
                 )
             return value
         raise ClusterError(
-            f"{label} = {value!r} is not a valid value: expected "
+            f"{shown} is not a valid value: expected "
             f"{'a list of strings' if self.kind is list else self.kind.__name__} ({self.help})"
         )
 

@@ -179,6 +179,7 @@ def build_config(data: dict[str, Any], source: str = "configuration") -> Experim
     data["store"] = str(data["store"])
     config = _typed(ExperimentConfig, {**data, **values}, source)
     validate(config)
+    check_backend_sections(config.backend.options, source)
     return config
 
 
@@ -330,7 +331,6 @@ def validate(config: ExperimentConfig) -> None:
         )
     if config.backend.max_retries < 0:
         raise ConfigError("[backend] max_retries must be >= 0")
-    check_backend_sections(config.backend.options)
     training = config.training
     if training.lr <= 0 or training.max_epochs < 1 or training.window < 2 or training.hop < 1:
         raise ConfigError(
@@ -338,22 +338,24 @@ def validate(config: ExperimentConfig) -> None:
         )
 
 
-def check_backend_sections(options: dict[str, dict[str, Any]]) -> None:
+def check_backend_sections(options: dict[str, dict[str, Any]], source: str = "") -> None:
     """Every `[backend.<name>]` names a backend and only options it declares, with values of
-    their types (affvx.cluster.base.BackendOption)."""
+    their types (affvx.cluster.base.BackendOption); errors name `source` (a file)."""
+    where = f"{source}: " if source else ""
     for name, values in options.items():
         if name not in backend_names():
             raise ConfigError(
-                f"[backend.{name}]: no such backend; choose from {', '.join(backend_names())}"
+                f"{where}[backend.{name}]: no such backend; choose from "
+                f"{', '.join(backend_names())}"
             )
         declared = {option.name: option for option in backend_class(name).options}
         for key, value in values.items():
             if key not in declared:
                 raise ConfigError(
-                    not_an_option(f"[backend.{name}] {key}", name, list(declared.values()))
+                    not_an_option(f"{where}[backend.{name}] {key}", name, list(declared.values()))
                 )
             try:
-                declared[key].check(value, f"[backend.{name}] {key}")
+                declared[key].check(value, f"{where}[backend.{name}] {key}")
             except ClusterError as error:
                 raise ConfigError(str(error)) from None
 

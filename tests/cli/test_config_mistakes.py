@@ -104,13 +104,13 @@ def test_the_documented_spellings_plan_the_cells_they_say(
     from affvx.orchestrator.launch import prepare
 
     config = experiment_file(tmp_path, small_store, body)
-    _, _, _, jobs, _ = prepare(
+    jobs = prepare(
         flags={"folds": 2},
         config_file=config,
         run_path=tmp_path / "run",
         resume=False,
         note=lambda m: None,
-    )
+    ).jobs
     assert {(job.emotion, job.modality_set) for job in jobs} == cells
     assert len(jobs) == 2 * len(cells)
 
@@ -146,10 +146,10 @@ def test_ctrl_c_on_launch_says_how_to_continue(
 ) -> None:
     from affvx.orchestrator import launch
 
-    def interrupted(self):  # type: ignore[no-untyped-def]
+    def interrupted(*args):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(launch.Driver, "follow", interrupted)
+    monkeypatch.setattr(launch, "follow", interrupted)
     run = tmp_path / "run"
     result = cli("launch", "--store", small_store, "--run", run, *BASE, "--modalities", "visual")
     assert result.exit_code == 130

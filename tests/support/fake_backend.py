@@ -169,7 +169,7 @@ def _start(job_id: str, request: JobRequest) -> subprocess.Popen[bytes]:
             scheduler_job_id=job_id,
             backend=FakeBackend.name,
             cpus=request.resources.cpus,
-            time_limit_s=job_time_limit_s(request.resources, margin_s=1.0),
+            time_limit_s=job_time_limit_s(request.resources, warning_s=1.0),
         ).to_environ()
     )
     with (
