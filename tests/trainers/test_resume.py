@@ -153,20 +153,48 @@ def test_stop_signal_checkpoints_mid_epoch_and_exits_with_requeue_status(
     assert_same_outputs(job_dir, reference)
 
 
+class BatchClock:
+    """The job's clock for the time-limit test: every training batch takes BATCH_S seconds and
+    nothing else takes any time, so how far an attempt gets does not depend on the machine."""
+
+    BATCH_S = 1000.0
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.batches = 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def on_batch(self, **_: object) -> None:
+        self.now += self.BATCH_S
+        self.batches += 1
+
+    def on_start(self, **_: object) -> None: ...
+    def on_epoch(self, row: dict) -> None: ...
+    def on_phase(self, phase: str) -> None: ...
+
+
 def test_time_limit_makes_the_job_stop_and_resume_until_done(
-    spec_file: Path, reference: Path, tmp_path: Path
+    spec_file: Path, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import affvx.trainers.job as job_module
+
     spec = json.loads(spec_file.read_text())
-    spec["time_limit_s"] = 3.0  # less than the whole job: it has to stop several times
+    # 4 batches fit before the limit (less the 2 s safety margin), a 5th would not: a job of
+    # 4 epochs of at least 4 batches has to stop several times, and every attempt gets on
+    spec["time_limit_s"] = 3.5 * BatchClock.BATCH_S
     job_dir = tmp_path / "job"
-    attempts = 0
+    batches_per_attempt = []
     while True:
-        attempts += 1
-        outcome = run_job(spec, job_dir).outcome
+        clock = BatchClock()
+        monkeypatch.setattr(job_module, "time", clock)
+        outcome = run_job(spec, job_dir, observer=clock).outcome
+        batches_per_attempt.append(clock.batches)
         if outcome is JobOutcome.COMPLETE:
             break
-        assert attempts < 50
-    assert attempts >= 2
+        assert len(batches_per_attempt) < 50
+    assert len(batches_per_attempt) >= 4 and max(batches_per_attempt) == 4, batches_per_attempt
     assert_same_outputs(job_dir, reference)
 
 
