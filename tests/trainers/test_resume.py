@@ -23,6 +23,7 @@ import pytest
 
 from affvx.orchestrator.train import single_job_spec
 from affvx.trainers.job import EXIT_REQUEUE, STOP_SIGNALS, JobOutcome, run_job
+from tests.support.runs import process_state, wait_until
 
 RUNNER = Path(__file__).resolve().parents[1] / "support" / "job_process.py"
 
@@ -47,9 +48,10 @@ def spec_file(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return path
 
 
-def start(spec_file: Path, job_dir: Path) -> subprocess.Popen[str]:
+def start(spec_file: Path, job_dir: Path, *freeze_at: int) -> subprocess.Popen[str]:
+    """Run the job in a process; with `freeze_at` (epoch, batch) it stops itself there."""
     return subprocess.Popen(
-        [sys.executable, str(RUNNER), str(spec_file), str(job_dir)],
+        [sys.executable, str(RUNNER), str(spec_file), str(job_dir), *map(str, freeze_at)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -91,13 +93,19 @@ def assert_same_outputs(job_dir: Path, reference: Path) -> None:
 
 
 def interrupt_at_random_batch(spec_file: Path, job_dir: Path, sig: int, rng: random.Random) -> int:
-    """Start the job and send `sig` when it reports a random batch after its first checkpoint."""
+    """Send `sig` to the job at a random batch after its first checkpoint.
+
+    The job stops itself (SIGSTOP) after that batch, so the signal lands exactly there however
+    fast the job runs; it is continued (SIGCONT) once the signal is pending.
+    """
     epoch, batch = rng.randint(1, 3), rng.randint(1, 4)
-    process = start(spec_file, job_dir)
+    process = start(spec_file, job_dir, epoch, batch)
     assert process.stdout is not None
     for line in process.stdout:
-        if line.strip() == f"batch {epoch} {batch}" or line.startswith(f"batch {epoch} {batch} "):
+        if line.startswith(f"batch {epoch} {batch} "):
+            wait_until(lambda: process_state(process.pid) == "T", what="the job to stop itself")
             process.send_signal(sig)
+            process.send_signal(signal.SIGCONT)
             break
     process.communicate()
     assert (job_dir / "checkpoint.pt").exists()
