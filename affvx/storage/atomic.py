@@ -4,6 +4,10 @@ A reader (on this node or, after close-to-open, on another NFS client) sees eith
 content or the new one, never a torn file: data goes to a temporary file in the same
 directory, is flushed and fsynced, and is renamed over the target; the directory is fsynced so
 that the rename itself survives a crash.
+
+`tempfile` creates its files 0600 and its directories 0700 (private until renamed); every
+function here ends with the modes a plain open() / mkdir() would have given under the process's
+umask, so that other users of a shared cluster can read stores, runs and reports.
 """
 
 from __future__ import annotations
@@ -12,10 +16,52 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+_UMASK_PROBE_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask now, read without changing it where the kernel allows.
+
+    Read at each call (not once at import) so that a umask the program sets later is obeyed, as
+    open() obeys it. Linux (4.7+) reports it in /proc/self/status, which is thread-safe and
+    changes nothing. Elsewhere os.umask() must set it to read it: it is set to 0o777 for that
+    instant, so a file another thread creates meanwhile is stricter than meant, never looser,
+    and the lock keeps two probes from restoring each other's value.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_PROBE_LOCK:
+        umask = os.umask(0o777)
+        os.umask(umask)
+    return umask
+
+
+def plain_file_mode() -> int:
+    """The mode open(path, "w") gives a new file: 0666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def plain_directory_mode() -> int:
+    """The mode mkdir() gives a new directory: 0777 less the umask."""
+    return 0o777 & ~current_umask()
+
+
+def _make_plain_directory(path: Path) -> None:
+    # chmod() sets every bit, so keep the setgid bit mkdir() inherited from a group directory
+    inherited = stat.S_IMODE(path.stat().st_mode) & stat.S_ISGID
+    os.chmod(path, plain_directory_mode() | inherited)
 
 
 def fsync_path(path: Path) -> None:
@@ -39,6 +85,7 @@ def atomic_file(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as handle:
+            os.fchmod(handle.fileno(), plain_file_mode())
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -77,6 +124,7 @@ def create_exclusive_bytes(path: Path | str, data: bytes) -> bool:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), plain_file_mode())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -103,6 +151,7 @@ def staged_directory(final: Path | str) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.incomplete-", dir=final.parent))
     try:
+        _make_plain_directory(staging)
         yield staging
         for child in staging.iterdir():
             if child.is_file():

@@ -14,16 +14,37 @@ from affvx.cluster.local import LocalBackend
 from tests.support.backend_suite import SIGNAL_RECORDER, python_job
 
 
+def wait_for_jobs(backend: LocalBackend, ids: list[str], done, timeout_s: float = 60.0):  # type: ignore[no-untyped-def]
+    """Poll the backend until `done(states)` holds, or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not done(states := backend.poll(ids)):
+        assert time.monotonic() < deadline, f"timed out waiting; last states {states}"
+        backend.wait(0.1)
+    return states
+
+
+# a job that says where it may run, then holds its slot until the test lets it go
+PINNED_UNTIL_RELEASED = """
+import os, pathlib, time
+print(sorted(os.sched_getaffinity(0)), flush=True)
+deadline = time.monotonic() + 60
+while not pathlib.Path("release").exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+"""
+
+
 def test_jobs_wait_for_free_slots_and_run_pinned_to_their_own_cpus(tmp_path: Path) -> None:
     cpus = sorted(os.sched_getaffinity(0))
-    code = "import os, time; print(sorted(os.sched_getaffinity(0))); time.sleep(0.5)"
+    code = PINNED_UNTIL_RELEASED
     with LocalBackend(max_parallel=len(cpus)) as backend:
         ids = backend.submit([python_job(tmp_path, f"j{i}", code) for i in range(len(cpus) + 1)])
         states = backend.poll(ids)
         assert sum(s.status is JobStatus.RUNNING for s in states.values()) == len(cpus)
         assert states[ids[-1]].status is JobStatus.PENDING
-        while not all(s.status is JobStatus.EXITED for s in backend.poll(ids).values()):
-            backend.wait(0.2)
+        (tmp_path / "release").touch()
+        wait_for_jobs(
+            backend, ids, lambda s: all(x.status is JobStatus.EXITED for x in s.values())
+        )
     seen = [
         (tmp_path / "logs" / f"j{i}" / f"{ids[i]}.out").read_text().strip()
         for i in range(len(cpus))
@@ -44,20 +65,17 @@ def test_time_limit_warns_with_sigusr2_then_terminates(tmp_path: Path) -> None:
 
 
 def test_a_job_ignoring_sigterm_is_killed_after_the_kill_delay(tmp_path: Path) -> None:
+    # it never ends by itself: only a SIGKILL can end it (exit code -9)
     stubborn = (
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-        "signal.signal(signal.SIGUSR2, signal.SIG_IGN); time.sleep(60)"
+        "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "signal.signal(signal.SIGUSR2, signal.SIG_IGN)\nwhile True: signal.pause()"
     )
     with LocalBackend(max_parallel=1, kill_delay_s=0.5, signal_grace_s=0.1) as backend:
         [job_id] = backend.submit(
             [python_job(tmp_path, "stubborn", stubborn, time_limit_min=1 / 60)]
         )
-        started = time.monotonic()
-        while backend.poll([job_id])[job_id].status.is_active():
-            backend.wait(0.1)
-        state = backend.poll([job_id])[job_id]
-    assert state.status is JobStatus.TIMEOUT and state.exit_code == -9
-    assert time.monotonic() - started < 30
+        states = wait_for_jobs(backend, [job_id], lambda s: not s[job_id].status.is_active())
+    assert states[job_id].status is JobStatus.TIMEOUT and states[job_id].exit_code == -9
 
 
 def test_a_job_asking_for_more_cpus_than_exist_is_refused(tmp_path: Path) -> None:

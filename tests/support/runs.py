@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -75,6 +78,42 @@ def running_with_checkpoint(run: Path) -> list[tuple[Path, int]]:
         ):
             found.append((job_dir, int(state["pid"])))
     return found
+
+
+def process_state(pid: int) -> str:
+    """The kernel's one-letter state of `pid` (R, S, D, T stopped, Z zombie), "" if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+    return stat[stat.rindex(")") + 2]  # the name in parentheses may hold spaces
+
+
+def frozen_mid_training(run: Path) -> tuple[Path, int] | None:
+    """Stop (SIGSTOP) a job that has checkpointed and is still training; return it frozen.
+
+    A job is only returned once the kernel has stopped it and, stopped, it still has no result
+    and an epoch to train: a signal sent to it now certainly lands mid-job, however fast the
+    machine. A job that got further than that is let go on (SIGCONT).
+    """
+    for job_dir, pid in running_with_checkpoint(run):
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        wait_until(
+            lambda pid=pid: process_state(pid) in ("T", "Z", ""), timeout_s=30, what="SIGSTOP"
+        )
+        progress = JobFiles(job_dir).progress() or {}
+        if (
+            process_state(pid) == "T"
+            and not (job_dir / "result.json").exists()
+            and progress.get("epoch", 0) < (progress.get("max_epochs") or 0)
+        ):
+            return job_dir, pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    return None
 
 
 def report_files(run: Path) -> dict[str, bytes]:

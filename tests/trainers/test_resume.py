@@ -23,6 +23,7 @@ import pytest
 
 from affvx.orchestrator.train import single_job_spec
 from affvx.trainers.job import EXIT_REQUEUE, STOP_SIGNALS, JobOutcome, run_job
+from tests.support.runs import process_state, wait_until
 
 RUNNER = Path(__file__).resolve().parents[1] / "support" / "job_process.py"
 
@@ -47,9 +48,10 @@ def spec_file(small_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return path
 
 
-def start(spec_file: Path, job_dir: Path) -> subprocess.Popen[str]:
+def start(spec_file: Path, job_dir: Path, *freeze_at: int) -> subprocess.Popen[str]:
+    """Run the job in a process; with `freeze_at` (epoch, batch) it stops itself there."""
     return subprocess.Popen(
-        [sys.executable, str(RUNNER), str(spec_file), str(job_dir)],
+        [sys.executable, str(RUNNER), str(spec_file), str(job_dir), *map(str, freeze_at)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -91,13 +93,19 @@ def assert_same_outputs(job_dir: Path, reference: Path) -> None:
 
 
 def interrupt_at_random_batch(spec_file: Path, job_dir: Path, sig: int, rng: random.Random) -> int:
-    """Start the job and send `sig` when it reports a random batch after its first checkpoint."""
+    """Send `sig` to the job at a random batch after its first checkpoint.
+
+    The job stops itself (SIGSTOP) after that batch, so the signal lands exactly there however
+    fast the job runs; it is continued (SIGCONT) once the signal is pending.
+    """
     epoch, batch = rng.randint(1, 3), rng.randint(1, 4)
-    process = start(spec_file, job_dir)
+    process = start(spec_file, job_dir, epoch, batch)
     assert process.stdout is not None
     for line in process.stdout:
-        if line.strip() == f"batch {epoch} {batch}" or line.startswith(f"batch {epoch} {batch} "):
+        if line.startswith(f"batch {epoch} {batch} "):
+            wait_until(lambda: process_state(process.pid) == "T", what="the job to stop itself")
             process.send_signal(sig)
+            process.send_signal(signal.SIGCONT)
             break
     process.communicate()
     assert (job_dir / "checkpoint.pt").exists()
@@ -153,20 +161,48 @@ def test_stop_signal_checkpoints_mid_epoch_and_exits_with_requeue_status(
     assert_same_outputs(job_dir, reference)
 
 
+class BatchClock:
+    """The job's clock for the time-limit test: every training batch takes BATCH_S seconds and
+    nothing else takes any time, so how far an attempt gets does not depend on the machine."""
+
+    BATCH_S = 1000.0
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.batches = 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def on_batch(self, **_: object) -> None:
+        self.now += self.BATCH_S
+        self.batches += 1
+
+    def on_start(self, **_: object) -> None: ...
+    def on_epoch(self, row: dict) -> None: ...
+    def on_phase(self, phase: str) -> None: ...
+
+
 def test_time_limit_makes_the_job_stop_and_resume_until_done(
-    spec_file: Path, reference: Path, tmp_path: Path
+    spec_file: Path, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import affvx.trainers.job as job_module
+
     spec = json.loads(spec_file.read_text())
-    spec["time_limit_s"] = 3.0  # less than the whole job: it has to stop several times
+    # 4 batches fit before the limit (less the 2 s safety margin), a 5th would not: a job of
+    # 4 epochs of at least 4 batches has to stop several times, and every attempt gets on
+    spec["time_limit_s"] = 3.5 * BatchClock.BATCH_S
     job_dir = tmp_path / "job"
-    attempts = 0
+    batches_per_attempt = []
     while True:
-        attempts += 1
-        outcome = run_job(spec, job_dir).outcome
+        clock = BatchClock()
+        monkeypatch.setattr(job_module, "time", clock)
+        outcome = run_job(spec, job_dir, observer=clock).outcome
+        batches_per_attempt.append(clock.batches)
         if outcome is JobOutcome.COMPLETE:
             break
-        assert attempts < 50
-    assert attempts >= 2
+        assert len(batches_per_attempt) < 50
+    assert len(batches_per_attempt) >= 4 and max(batches_per_attempt) == 4, batches_per_attempt
     assert_same_outputs(job_dir, reference)
 
 
