@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("COLUMNS", "120")  # a fixed terminal width for rendered tables
+# the local backend's machine-wide CPU claims: the test session's own, so that jobs of other
+# processes on this machine (another test session, a real launch) do not change what tests see
+os.environ.setdefault("AFFVX_SLOT_DIR", tempfile.mkdtemp(prefix="affvx-test-slots-"))
 
 REPO = Path(__file__).resolve().parents[1]
 VA_TRIALS = REPO / "affvx" / "storage" / "data" / "va_trials.csv"

@@ -1,7 +1,8 @@
 """The `local` backend: every job a child process of this one, on this machine's CPUs and GPUs.
 
-It behaves like a small cluster: jobs queue until their CPUs (and GPUs) are free, each runs
-pinned to its own CPUs in its own process group, and time limits work as on SLURM with
+It behaves like a small cluster: jobs queue until their CPUs (and GPUs) are free -- free of
+this launch's other jobs and of every other affvx launch on the machine (MachineSlots) --,
+each runs pinned to its own CPUs in its own process group, and time limits work as on SLURM with
 `--signal=USR2@grace`: the job's own clock (AFFVX_TIME_LIMIT_S) and SIGUSR2 both say stop
 `signal_grace_s` before the limit (the job checkpoints and exits to be requeued; 0 sends no
 warning signal and leaves only the job's clock), SIGTERM at the limit, SIGKILL
@@ -21,6 +22,7 @@ import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from affvx.cluster.base import (
     EXIT_REQUEUE,
@@ -35,6 +37,7 @@ from affvx.cluster.base import (
     job_time_limit_s,
 )
 from affvx.cluster.errors import ClusterError
+from affvx.cluster.slots import MachineSlots
 
 _PR_SET_PDEATHSIG = 1
 
@@ -51,6 +54,7 @@ class _Running:
     terminated_at: float | None = None
     reason: str = ""
     pidfd: int | None = field(default=None, repr=False)
+    slot_locks: list[int] = field(default_factory=list, repr=False)
 
 
 class LocalBackend(Backend):
@@ -80,6 +84,13 @@ class LocalBackend(Backend):
             minimum=0,
         ),
         BackendOption("kill_delay_s", float, 10.0, "seconds from SIGTERM to SIGKILL", minimum=0),
+        BackendOption(
+            "slot_dir",
+            str,
+            None,
+            "where the machine-wide CPU/GPU claims live, shared by every launch on this "
+            "machine [default: $AFFVX_SLOT_DIR, else a per-user temporary directory]",
+        ),
     )
 
     def __init__(
@@ -90,6 +101,7 @@ class LocalBackend(Backend):
         signal_grace_s: float = 30.0,
         cpus: list[int] | None = None,
         gpus: list[str] | None = None,
+        slot_dir: str | None = None,
     ) -> None:
         self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
         self.gpus = list(gpus if gpus is not None else _visible_gpus())
@@ -105,6 +117,7 @@ class LocalBackend(Backend):
         self._running: dict[str, _Running] = {}
         self._finished: dict[str, SchedulerState] = {}
         self._selector = selectors.DefaultSelector()
+        self._slots = MachineSlots(Path(slot_dir) if slot_dir else None)
 
     # -- the contract -------------------------------------------------------------------------
 
@@ -202,6 +215,8 @@ class LocalBackend(Backend):
     # -- internals ----------------------------------------------------------------------------
 
     def _start_what_fits(self) -> None:
+        """Start queued jobs, in order, while their CPUs and GPUs are free: not used by this
+        backend's jobs, and not claimed by another process on this machine (MachineSlots)."""
         while self._queue and len(self._running) < self.max_parallel:
             job_id, request = self._queue[0]
             free_cpus = [
@@ -210,15 +225,16 @@ class LocalBackend(Backend):
             free_gpus = [
                 g for g in self.gpus if not any(g in r.gpus for r in self._running.values())
             ]
-            if len(free_cpus) < request.resources.cpus or len(free_gpus) < request.resources.gpus:
+            cpus = self._slots.claim("cpu", free_cpus, request.resources.cpus)
+            if cpus is None:
+                return
+            gpus = self._slots.claim("gpu", free_gpus, request.resources.gpus)
+            if gpus is None:
+                self._slots.release(cpus.values())
                 return
             self._queue.popleft()
-            self._start(
-                job_id,
-                request,
-                free_cpus[: request.resources.cpus],
-                free_gpus[: request.resources.gpus],
-            )
+            self._start(job_id, request, list(cpus), list(gpus))
+            self._running[job_id].slot_locks = [*cpus.values(), *gpus.values()]
 
     def _start(self, job_id: str, request: JobRequest, cpus: list[int], gpus: list[str]) -> None:
         request.log_dir.mkdir(parents=True, exist_ok=True)
@@ -273,6 +289,7 @@ class LocalBackend(Backend):
                 self._selector.unregister(running.pidfd)
                 os.close(running.pidfd)
             del self._running[job_id]
+            self._slots.release(running.slot_locks)
             if running.reason == "cancelled":
                 status = JobStatus.CANCELLED
             elif running.reason == "time limit" and code != EXIT_REQUEUE:

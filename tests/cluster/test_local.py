@@ -95,3 +95,23 @@ def test_close_stops_running_jobs(tmp_path: Path) -> None:
     assert "SIGTERM" in (tmp_path / "victim.signals").read_text()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_two_launches_on_one_machine_share_its_cpus(tmp_path: Path) -> None:
+    """Each backend may use the same CPU; the second waits until the first one's job ends."""
+    cpu = sorted(os.sched_getaffinity(0))[:1]
+    slots = str(tmp_path / "slots")
+    first = LocalBackend(cpus=cpu, slot_dir=slots)
+    second = LocalBackend(cpus=cpu, slot_dir=slots)
+    try:
+        [holder] = first.submit([python_job(tmp_path, "holder", PINNED_UNTIL_RELEASED)])
+        [waiter] = second.submit([python_job(tmp_path, "waiter", "print('ran')")])
+        assert first.poll([holder])[holder].status is JobStatus.RUNNING
+        assert second.poll([waiter])[waiter].status is JobStatus.PENDING
+        (tmp_path / "release").touch()
+        wait_for_jobs(first, [holder], lambda s: s[holder].status is JobStatus.EXITED)
+        states = wait_for_jobs(second, [waiter], lambda s: s[waiter].status is JobStatus.EXITED)
+        assert states[waiter].exit_code == 0
+    finally:
+        first.close()
+        second.close()
