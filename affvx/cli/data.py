@@ -134,11 +134,11 @@ def ingest_command(
     """Ingest Aff-Wild2 annotations and features (LFAN npy, feature folders, audio) into a store.
 
     Arrays with one row per labelled frame (LFAN's preprocessing drops the -5 frames) are put
-    back on their frames; padding is warned about; `affvx data info STORE --alignment` shows
-    how every trial was aligned.
+    back on their frames; padding is warned about.
 
     Example, with your Aff-Wild2 tree in ~/aff-wild2:
-    `affvx data ingest-affwild2 ~/aff-wild2 aw2-store`
+    `affvx data ingest-affwild2 ~/aff-wild2 aw2-store`, then
+    `affvx data info aw2-store --alignment` shows how every trial was aligned.
     """
     from affvx.storage.ingest.affwild2 import IngestOptions, ingest_affwild2
 

@@ -47,7 +47,7 @@ def launch_with(cli, tmp_path: Path, store: Path, body: str, *flags: str):  # ty
         ),
         (
             "[backend.local]\nmax_parallel = 0",
-            ("[backend.local] max_parallel 0: give at least 1",),
+            ("[backend.local] max_parallel = 0: give at least 1",),
         ),
     ],
 )

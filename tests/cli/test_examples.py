@@ -5,7 +5,7 @@ What the examples need of the main job is what it leaves behind: the demo corpus
 cache and a finished run under ./runs. The main job's 24 jobs take minutes, so a 2-job grid on
 the same demo corpus, launched the same way, stands in for it. A user's own Aff-Wild2 tree in
 ~/aff-wild2 is stood in for by one written from a small store (features/visual,
-features/mfcc, wav/<video>.wav). Each example runs in a subprocess with HOME set to
+features/mfcc, features/vggish, wav/<video>.wav). Each example runs in a subprocess with HOME set to
 the test's home: `affvx` (or `.venv/bin/affvx`) is this interpreter's `python -m affvx`, and
 `. .venv/bin/activate` (which only puts affvx on the PATH) is skipped.
 
@@ -82,7 +82,7 @@ def write_affwild2_tree(store_path: Path, root: Path) -> None:
     from tests.support.trees import write_annotation_tree
 
     store = FeatureStore(store_path)
-    write_annotation_tree(store, root, modalities=["visual", "mfcc"])
+    write_annotation_tree(store, root, modalities=["visual", "mfcc", "vggish"])
     seconds: dict[str, float] = {}
     for trial in store.trial_names:
         info = store.trial_info(trial)

@@ -52,6 +52,26 @@ def test_annotation_layout_round_trip(small_store: Path, tmp_path: Path, cli) ->
     ]
 
 
+def test_without_a_trial_list_known_trials_keep_their_measured_frame_rate(
+    small_store: Path, tmp_path: Path, cli
+) -> None:
+    """10-60-1280x720 is a 30 fps video whose name says 60: the built-in list decides, so its
+    100 Hz audio rows land on the right frames instead of looking twice too long."""
+    source = FeatureStore(small_store)
+    assert "10-60-1280x720_right" in source.trial_names
+    write_annotation_tree(source, tmp_path / "tree", rates_hz={"mfcc": 100.0})
+    result = cli(
+        "data", "ingest-affwild2", tmp_path / "tree", tmp_path / "store", "--rate", "mfcc=100"
+    )
+    assert result.exit_code == 0, result.stderr
+    ingested = FeatureStore(tmp_path / "store")
+    assert ingested.trial_info("10-60-1280x720_right").fps == 30.0
+    np.testing.assert_array_equal(
+        ingested.features("10-60-1280x720_right", "mfcc"),
+        source.features("10-60-1280x720_right", "mfcc"),
+    )
+
+
 def test_lfan_layout_round_trip(small_store: Path, tmp_path: Path, cli) -> None:
     source = FeatureStore(small_store)
     write_lfan_tree(source, tmp_path / "tree")
