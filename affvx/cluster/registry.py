@@ -12,6 +12,7 @@ from affvx.cluster.errors import ClusterError
 BACKENDS = {
     "local": "affvx.cluster.local:LocalBackend",
     "slurm": "affvx.cluster.slurm:SlurmBackend",
+    "pbs": "affvx.cluster.pbs:PbsBackend",
 }
 
 

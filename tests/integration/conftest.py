@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support import pbs_cluster
 from tests.support.slurm_cluster import SlurmCluster, cluster_in_use
 
 
@@ -22,3 +23,20 @@ def slurm(slurm_cluster: SlurmCluster) -> SlurmCluster:
     slurm_cluster.run("scancel", "--user", "root", check=False)
     slurm_cluster.wait_idle()
     return slurm_cluster
+
+
+@pytest.fixture(scope="session")
+def pbs_server() -> Iterator[pbs_cluster.PbsCluster]:
+    """A one-node OpenPBS for the whole session; PBS_CONF_FILE points at it meanwhile."""
+    with pbs_cluster.cluster_in_use() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pbs(pbs_server: pbs_cluster.PbsCluster) -> pbs_cluster.PbsCluster:
+    """The server, idle (the previous test's jobs are gone)."""
+    jobs = pbs_server.jobs()
+    if jobs:
+        pbs_server.run("qdel", "-W", "force", *jobs, check=False)
+    pbs_server.wait_idle()
+    return pbs_server

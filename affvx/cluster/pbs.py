@@ -1,0 +1,287 @@
+"""The `pbs` backend: PBS Pro / OpenPBS (and Torque) through affvx's submitit plugin.
+
+Submission. Requests go to `PbsExecutor` (affvx.cluster.submitit_pbs) as one job array per
+batch of equal resources (`-J 0-N%P`, split at the server's max_array_size), each task a
+pickled `RunCommand` that runs the job's argv through the shared task shim.
+
+Time. PBS gives no warning before the walltime: SIGTERM at the limit, SIGKILL `kill_delay`
+later. So the job keeps its own clock (AFFVX_TIME_LIMIT_S: the walltime less a margin,
+affvx.cluster.base.job_time_limit_s), checkpoints and exits with EXIT_REQUEUE before the
+limit; PBS cannot requeue a job for its owner (`qrerun` is an operator's command), so the
+pool submits it again and the new attempt resumes from the checkpoint. A SIGTERM (qdel, the
+walltime, an operator's qrerun) also ends in a checkpoint: the task forwards it.
+
+State. `qstat -x -f -F json` (job history must be on; without it a finished job is simply
+unknown), parsed defensively with a fallback to the text form (affvx.cluster.pbs_qstat). A
+qstat that fails (server unreachable) is no news: the last state seen is kept, never
+"ended". An id the server does not know is UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affvx.cluster import pbs_qstat
+from affvx.cluster.base import (
+    Backend,
+    BackendOption,
+    Capabilities,
+    JobEnvironment,
+    JobRequest,
+    JobStatus,
+    Resources,
+    SchedulerState,
+    job_time_limit_s,
+)
+from affvx.cluster.errors import ClusterError, SchedulerCommandError
+from affvx.cluster.task import TaskCommand, granted_cpus, visible_gpus
+
+DEFAULT_MAX_ARRAY_SIZE = 10000
+FLAVOUR_CHOICES = ("auto", "pbspro", "torque")
+@dataclass(frozen=True)
+class RunCommand:
+    """What a PBS task runs (pickled by submitit): the job's command through the task shim,
+    ending with the job's own exit status."""
+
+    task: TaskCommand
+
+    def __call__(self) -> int:
+        environment = pbs_job_environment()
+        code = self.task.run(environment, environment.scheduler_job_id)
+        if code != 0:
+            sys.exit(code if code > 0 else 128 - code)
+        return code
+
+
+def pbs_job_environment() -> JobEnvironment:
+    """The job's allocation as PBS describes it, in affvx's terms."""
+    return JobEnvironment(
+        scheduler_job_id=os.environ.get("PBS_JOBID", ""),
+        backend=PbsBackend.name,
+        cpus=granted_cpus("NCPUS", "PBS_NUM_PPN"),
+        gpus=visible_gpus(),
+    )
+
+
+class PbsBackend(Backend):
+    """Runs jobs on a PBS Pro, OpenPBS or Torque cluster (see the module docstring)."""
+
+    name = "pbs"
+    capabilities = Capabilities(
+        jobs_outlive_client=True,
+        needs_local_supervisor=False,
+        pollable_anywhere=True,
+        requeues_itself=False,
+    )
+    options = (
+        BackendOption("queue", str, None, "PBS queue (-q)", flag="--queue"),
+        BackendOption("account", str, None, "account to charge (-A)", flag="--account"),
+        BackendOption(
+            "extra_directives",
+            list,
+            [],
+            "extra #PBS directive, e.g. '-l place=excl'; repeat for several",
+            flag="--pbs-directive",
+        ),
+        BackendOption(
+            "setup",
+            list,
+            [],
+            "shell line run before each job (module load ...); repeat for several",
+            flag="--setup",
+        ),
+        BackendOption(
+            "array_parallelism",
+            int,
+            256,
+            "most array tasks running at once (PBS -J 0-N%P)",
+            flag="--array-parallelism",
+            minimum=1,
+        ),
+        BackendOption(
+            "flavour", str, "auto", "pbspro (PBS Pro, OpenPBS) or torque [default: asked of qstat]"
+        ),
+        BackendOption("default_time_min", float, 24 * 60.0, "walltime without --time-limit"),
+        BackendOption("poll_interval_s", float, 10.0, "seconds between scheduler queries"),
+        BackendOption("folder", str, None, "submitit's folder [default: RUN/pbs]"),
+        BackendOption("python", str, None, "Python on the nodes [default: this one]"),
+    )
+
+    def __init__(
+        self,
+        *,
+        queue: str | None = None,
+        account: str | None = None,
+        extra_directives: Sequence[str] = (),
+        setup: Sequence[str] = (),
+        array_parallelism: int = 256,
+        flavour: str = "auto",
+        default_time_min: float = 24 * 60,
+        poll_interval_s: float = 10.0,
+        folder: str | None = None,
+        python: str | None = None,
+    ) -> None:
+        if flavour not in FLAVOUR_CHOICES:
+            raise ClusterError(
+                f"[backend.pbs] flavour = {flavour!r}: choose {', '.join(FLAVOUR_CHOICES)}"
+            )
+        self.queue, self.account = queue, account
+        self.extra_directives = list(extra_directives)
+        self.setup = list(setup)
+        self.array_parallelism = array_parallelism
+        self._flavour = flavour
+        self.default_time_min = default_time_min
+        self.poll_interval_s = poll_interval_s
+        self.folder = folder
+        self.python = python or sys.executable
+        self._max_array_size: int | None = None
+        self._last_seen: dict[str, SchedulerState] = {}
+
+    @property
+    def flavour(self) -> str:
+        """pbspro or torque: as configured, else asked of `qstat --version`."""
+        if self._flavour == "auto":
+            from affvx.cluster.submitit_pbs import detect_flavour
+
+            self._flavour = detect_flavour()
+        return self._flavour
+
+    # -- scripts ------------------------------------------------------------------------------
+
+    def parameters(self, resources: Resources, name: str) -> dict[str, Any]:
+        """PbsExecutor parameters for jobs with these resources."""
+        return {
+            "job_name": name,
+            "queue": self.queue,
+            "account": self.account,
+            "ncpus": resources.cpus,
+            "ngpus": resources.gpus,
+            "mem_gb": resources.mem_gb,
+            "walltime_min": self._walltime_min(resources),
+            "array_parallelism": self.array_parallelism,
+            "directives": list(self.extra_directives),
+            "setup": list(self.setup),
+            "flavour": self.flavour,
+        }
+
+    def render(self, requests: list[JobRequest]) -> list[str]:
+        from affvx.cluster.submitit_pbs import qsub_script, submitit_command
+
+        scripts = []
+        for chunk in self._chunks(requests, self._max_array_size or DEFAULT_MAX_ARRAY_SIZE):
+            first = chunk[0]
+            folder = self._folder(first)
+            command = submitit_command(shlex.quote(self.python), folder)
+            parameters = self.parameters(first.resources, _job_name(first))
+            scripts.append(qsub_script(command, folder, array_size=len(chunk), **parameters))
+        return scripts
+
+    def _walltime_min(self, resources: Resources) -> float:
+        return resources.time_limit_min or self.default_time_min
+
+    def _task(self, request: JobRequest) -> TaskCommand:
+        resources = dataclasses.replace(
+            request.resources, time_limit_min=self._walltime_min(request.resources)
+        )
+        return TaskCommand(
+            command=request.command,
+            workdir=str(request.workdir),
+            env=request.env,
+            log_dir=str(request.log_dir),
+            time_limit_s=job_time_limit_s(resources, warning_s=0.0),
+        )
+
+    def _folder(self, request: JobRequest) -> Path:
+        return Path(self.folder) if self.folder else request.workdir / "pbs"
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def submit(self, requests: list[JobRequest]) -> list[str]:
+        if not requests:
+            return []
+        from affvx.cluster.submitit_pbs import PbsExecutor
+
+        ids: list[str] = []
+        for chunk in self._chunks(requests, self.max_array_size()):
+            first = chunk[0]
+            executor = PbsExecutor(self._folder(first), python=shlex.quote(self.python))
+            try:
+                executor.update_parameters(**self.parameters(first.resources, _job_name(first)))
+                with executor.batch():
+                    jobs = [executor.submit(RunCommand(self._task(r))) for r in chunk]
+            except subprocess.CalledProcessError as error:
+                raise SchedulerCommandError(
+                    list(error.cmd), error.returncode, _text(error.stdout), _text(error.stderr)
+                ) from None
+            except (ValueError, RuntimeError) as error:
+                raise ClusterError(f"qsub refused the jobs: {' '.join(str(error).split())}") from None
+            ids.extend(job.job_id for job in jobs)
+        return ids
+
+    def poll(self, ids: list[str]) -> dict[str, SchedulerState]:
+        if not ids:
+            return {}
+        jobs = pbs_qstat.query(ids, self.flavour)
+        if jobs is None:  # no answer: nothing is known to have changed
+            return {i: self._last_seen.get(i, _NO_ANSWER) for i in ids}
+        states = {}
+        for job_id in ids:
+            attributes = jobs.get(job_id)
+            states[job_id] = (
+                pbs_qstat.job_state(attributes) if attributes else SchedulerState(JobStatus.UNKNOWN)
+            )
+        self._last_seen.update(states)
+        return states
+
+    def cancel(self, ids: list[str]) -> None:
+        if ids:
+            pbs_qstat.run(["qdel", *ids])
+
+    # -- state --------------------------------------------------------------------------------
+
+    # -- arrays -------------------------------------------------------------------------------
+
+    def max_array_size(self) -> int:
+        """The server's max_array_size (`qstat -B -f`), else PBS's default."""
+        if self._max_array_size is None:
+            done = pbs_qstat.run(["qstat", "-B", "-f"])
+            size = DEFAULT_MAX_ARRAY_SIZE
+            for line in done.stdout.splitlines():
+                key, _, value = line.strip().partition(" = ")
+                if key == "max_array_size" and value.strip().isdigit():
+                    size = int(value)
+            self._max_array_size = size
+        return self._max_array_size
+
+    @staticmethod
+    def _chunks(requests: list[JobRequest], size: int) -> list[list[JobRequest]]:
+        """Batches of equal resources, each at most `size` (array indices 0..size-1)."""
+        groups: dict[Resources, list[JobRequest]] = {}
+        for request in requests:
+            groups.setdefault(request.resources, []).append(request)
+        return [
+            group[i : i + size] for group in groups.values() for i in range(0, len(group), size)
+        ]
+
+
+_NO_ANSWER = SchedulerState(JobStatus.PENDING, reason="qstat did not answer")
+
+
+def _job_name(request: JobRequest) -> str:
+    return f"affvx-{request.workdir.name}"
+
+
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

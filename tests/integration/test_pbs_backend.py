@@ -1,0 +1,90 @@
+"""The pbs backend and the submitit plugin on a real one-node OpenPBS: the conformance
+suite, arrays, qstat's answers, and submitit.AutoExecutor(cluster="pbs")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from affvx.cluster.base import JobStatus
+from affvx.cluster.pbs import PbsBackend
+from tests.support.backend_suite import BackendConformance, python_job
+
+pytestmark = pytest.mark.pbs
+
+
+class TestPbsConformance(BackendConformance):
+    backend_name = "pbs"
+    timeout_s = 120.0
+
+    @pytest.fixture
+    def backend(self, pbs):  # type: ignore[no-untyped-def]
+        return PbsBackend(poll_interval_s=1.0)
+
+
+def test_arrays_are_split_at_the_servers_max_array_size(pbs, tmp_path: Path) -> None:
+    backend = PbsBackend()
+    backend._max_array_size = 3  # as if the server said max_array_size = 3
+    ids = backend.submit([python_job(tmp_path, f"t{i}", "pass") for i in range(7)])
+    assert len(ids) == 7
+    assert len({job_id.split("[")[0] for job_id in ids}) == 3  # arrays of 3, 3 and 1
+    assert sum("[" in job_id for job_id in ids) == 6  # the last one is a plain job
+    BackendConformance().wait_for(
+        backend, ids, lambda s: all(not x.status.is_active() for x in s.values())
+    )
+    assert {(s.status, s.exit_code) for s in backend.poll(ids).values()} == {
+        (JobStatus.EXITED, 0)
+    }
+
+
+def test_max_array_size_and_flavour_are_read_from_the_server(pbs) -> None:
+    backend = PbsBackend()
+    assert backend.max_array_size() == 10000
+    assert backend.flavour == "pbspro"
+    pbs.qmgr("set server max_array_size = 500")
+    try:
+        assert PbsBackend().max_array_size() == 500
+    finally:
+        pbs.qmgr("unset server max_array_size")
+
+
+def test_a_job_past_its_walltime_is_timeout(pbs, tmp_path: Path) -> None:
+    """PBS kills it (SIGTERM, then SIGKILL) and records -29: TIMEOUT, not a plain failure.
+    The job ignores its own clock here (it never reads AFFVX_TIME_LIMIT_S)."""
+    backend = PbsBackend()
+    request = python_job(
+        tmp_path, "overrun", "import time\nwhile True: time.sleep(0.1)", time_limit_min=5 / 60
+    )
+    [job_id] = backend.submit([request])
+    state = BackendConformance().wait_for(
+        backend, [job_id], lambda s: not s[job_id].status.is_active()
+    )[job_id]
+    assert state.status is JobStatus.TIMEOUT, state
+    assert "walltime" in state.reason
+
+
+def test_a_server_that_does_not_answer_is_no_news(pbs, tmp_path: Path, monkeypatch) -> None:
+    """A failed qstat keeps the last state seen: never "ended", never "lost"."""
+    backend = PbsBackend()
+    [job_id] = backend.submit([python_job(tmp_path, "slow", "import time; time.sleep(60)")])
+    first = backend.poll([job_id])[job_id]
+    assert first.status.is_active()
+    monkeypatch.setenv("PBS_CONF_FILE", str(tmp_path / "nowhere.conf"))
+    assert backend.poll([job_id])[job_id] == first
+    monkeypatch.undo()
+    backend.cancel([job_id])
+
+
+def test_submitit_users_get_pbs_from_the_plugin(pbs, tmp_path: Path) -> None:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="pbs")
+    executor.update_parameters(timeout_min=2, cpus_per_task=1, pbs_queue="workq")
+    job = executor.submit(sum, [1, 2, 3])
+    assert job.result() == 6
+    assert job.job_id.split(".")[0].isdigit()  # PBS's own id: qstat and qdel take it
+    squares = executor.map_array(pow, [1, 2, 3], [2, 2, 2])
+    assert [j.result() for j in squares] == [1, 4, 9]
+    assert len({j.job_id.split("[")[0] for j in squares}) == 1  # one job array
+    assert squares[0].get_info(mode="force")["State"] == "COMPLETED"
