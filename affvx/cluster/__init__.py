@@ -1,5 +1,5 @@
-"""Backends that run commands on this machine or a cluster: local and slurm today (the
-contract is written for PBS and Ray too).
+"""Backends that run commands on this machine or a cluster: local, slurm and pbs today (the
+contract is written for Ray too).
 
 Generic: a backend runs argv lists with neutral resources and never learns what a fold is. It
 imports no other affvx package. `affvx.cluster.base` holds the contract;

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -133,7 +134,8 @@ class PbsBackend(Backend):
             raise ClusterError(
                 f"[backend.pbs] flavour = {flavour!r}: choose {', '.join(FLAVOUR_CHOICES)}"
             )
-        self.queue, self.account = queue, account
+        self.queue = _plain_word("queue", queue)
+        self.account = _plain_word("account", account)
         self.extra_directives = list(extra_directives)
         self.setup = list(setup)
         self.array_parallelism = array_parallelism
@@ -273,6 +275,16 @@ class PbsBackend(Backend):
 
 
 _NO_ANSWER = SchedulerState(JobStatus.PENDING, reason="qstat did not answer")
+
+
+def _plain_word(option: str, value: str | None) -> str | None:
+    """`value` if a #PBS directive can carry it as it is (no spaces, quotes or $)."""
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9_.@:+=-]+", value):
+        raise ClusterError(
+            f"[backend.pbs] {option} = {value!r}: use letters, digits and _ . @ : + = - only "
+            "(PBS names have no spaces or quotes)"
+        )
+    return value
 
 
 def _job_name(request: JobRequest) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -27,7 +28,15 @@ def slurm(slurm_cluster: SlurmCluster) -> SlurmCluster:
 
 @pytest.fixture(scope="session")
 def pbs_server() -> Iterator[pbs_cluster.PbsCluster]:
-    """A one-node OpenPBS for the whole session; PBS_CONF_FILE points at it meanwhile."""
+    """A one-node OpenPBS for the whole session; PBS_CONF_FILE points at it meanwhile.
+
+    Skipped where it cannot run (no ../shared/vendor/openpbs, not root), except in CI,
+    where the PBS tests must run."""
+    missing = pbs_cluster.why_not_here()
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"the PBS tests cannot run in CI: {missing}")
+    if missing:
+        pytest.skip(missing)
     with pbs_cluster.cluster_in_use() as cluster:
         yield cluster
 

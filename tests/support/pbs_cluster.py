@@ -65,6 +65,15 @@ class PbsCluster:
         self.run(str(PREFIX / "sbin" / "pbs_mom"))
 
 
+def why_not_here() -> str:
+    """Why a test server cannot run on this machine ("" if it can)."""
+    if not SCRIPT.exists():
+        return f"{SCRIPT} is missing (the OpenPBS source comes with shared/)"
+    if os.geteuid() != 0:
+        return "OpenPBS's daemons need root"
+    return ""
+
+
 def ensure_built() -> None:
     """OpenPBS installed in /opt/pbs at the pinned commit (builds it, minutes, if not)."""
     if not SCRIPT.exists():
