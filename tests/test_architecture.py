@@ -101,7 +101,9 @@ def test_the_job_protocol_is_defined_once() -> None:
             if isinstance(node, ast.Compare) and any(
                 isinstance(c, ast.Constant) and c.value == 75 for c in node.comparators
             ):
-                offences.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} compares with 75")
+                offences.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{node.lineno} compares with 75"
+                )
     assert not offences, "\n".join(offences)
 
 

@@ -133,9 +133,7 @@ class BackendOption:
                 return list(value)
         elif isinstance(value, self.kind) and not (self.kind is int and isinstance(value, bool)):
             if self.minimum is not None and value < self.minimum:
-                raise ClusterError(
-                    f"{shown}: give at least {self.minimum:g} ({self.help})"
-                )
+                raise ClusterError(f"{shown}: give at least {self.minimum:g} ({self.help})")
             return value
         raise ClusterError(
             f"{shown} is not a valid value: expected "

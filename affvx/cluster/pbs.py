@@ -19,11 +19,8 @@ qstat that fails (server unreachable) is no news: the last state seen is kept, n
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import shlex
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from affvx.cluster import pbs_qstat
+from affvx.cluster.arrays import SubmititArrayBackend, job_name, shared_options
 from affvx.cluster.base import (
-    Backend,
     BackendOption,
     Capabilities,
     JobEnvironment,
@@ -40,13 +37,14 @@ from affvx.cluster.base import (
     JobStatus,
     Resources,
     SchedulerState,
-    job_time_limit_s,
 )
-from affvx.cluster.errors import ClusterError, SchedulerCommandError
+from affvx.cluster.errors import ClusterError
 from affvx.cluster.task import TaskCommand, granted_cpus, visible_gpus
 
 DEFAULT_MAX_ARRAY_SIZE = 10000
 FLAVOUR_CHOICES = ("auto", "pbspro", "torque")
+
+
 @dataclass(frozen=True)
 class RunCommand:
     """What a PBS task runs (pickled by submitit): the job's command through the task shim,
@@ -72,10 +70,11 @@ def pbs_job_environment() -> JobEnvironment:
     )
 
 
-class PbsBackend(Backend):
+class PbsBackend(SubmititArrayBackend):
     """Runs jobs on a PBS Pro, OpenPBS or Torque cluster (see the module docstring)."""
 
     name = "pbs"
+    submit_command = "qsub"
     capabilities = Capabilities(
         jobs_outlive_client=True,
         needs_local_supervisor=False,
@@ -93,28 +92,11 @@ class PbsBackend(Backend):
             flag="--pbs-directive",
         ),
         BackendOption(
-            "setup",
-            list,
-            [],
-            "shell line run before each job (module load ...); repeat for several",
-            flag="--setup",
-        ),
-        BackendOption(
-            "array_parallelism",
-            int,
-            256,
-            "most array tasks running at once (PBS -J 0-N%P)",
-            flag="--array-parallelism",
-            minimum=1,
-        ),
-        BackendOption(
             "flavour", str, "auto", "pbspro (PBS Pro, OpenPBS) or torque [default: asked of qstat]"
         ),
-        BackendOption("default_time_min", float, 24 * 60.0, "walltime without --time-limit"),
-        BackendOption("poll_interval_s", float, 10.0, "seconds between scheduler queries"),
-        BackendOption("folder", str, None, "submitit's folder [default: RUN/pbs]"),
-        BackendOption("python", str, None, "Python on the nodes [default: this one]"),
+        *shared_options("pbs", "PBS -J 0-N%P"),
     )
+    warning_s = 0.0  # PBS warns nobody before the walltime
 
     def __init__(
         self,
@@ -122,14 +104,10 @@ class PbsBackend(Backend):
         queue: str | None = None,
         account: str | None = None,
         extra_directives: Sequence[str] = (),
-        setup: Sequence[str] = (),
-        array_parallelism: int = 256,
         flavour: str = "auto",
-        default_time_min: float = 24 * 60,
-        poll_interval_s: float = 10.0,
-        folder: str | None = None,
-        python: str | None = None,
+        **shared: Any,
     ) -> None:
+        super().__init__(**shared)
         if flavour not in FLAVOUR_CHOICES:
             raise ClusterError(
                 f"[backend.pbs] flavour = {flavour!r}: choose {', '.join(FLAVOUR_CHOICES)}"
@@ -137,13 +115,7 @@ class PbsBackend(Backend):
         self.queue = _plain_word("queue", queue)
         self.account = _plain_word("account", account)
         self.extra_directives = list(extra_directives)
-        self.setup = list(setup)
-        self.array_parallelism = array_parallelism
         self._flavour = flavour
-        self.default_time_min = default_time_min
-        self.poll_interval_s = poll_interval_s
-        self.folder = folder
-        self.python = python or sys.executable
         self._max_array_size: int | None = None
         self._last_seen: dict[str, SchedulerState] = {}
 
@@ -167,7 +139,7 @@ class PbsBackend(Backend):
             "ncpus": resources.cpus,
             "ngpus": resources.gpus,
             "mem_gb": resources.mem_gb,
-            "walltime_min": self._walltime_min(resources),
+            "walltime_min": self.time_limit_min(resources),
             "array_parallelism": self.array_parallelism,
             "directives": list(self.extra_directives),
             "setup": list(self.setup),
@@ -181,52 +153,20 @@ class PbsBackend(Backend):
         for chunk in self._chunks(requests, self._max_array_size or DEFAULT_MAX_ARRAY_SIZE):
             first = chunk[0]
             folder = self._folder(first)
-            command = submitit_command(shlex.quote(self.python), folder)
-            parameters = self.parameters(first.resources, _job_name(first))
+            command = submitit_command(self.quoted_python(), folder)
+            parameters = self.parameters(first.resources, job_name(first))
             scripts.append(qsub_script(command, folder, array_size=len(chunk), **parameters))
         return scripts
 
-    def _walltime_min(self, resources: Resources) -> float:
-        return resources.time_limit_min or self.default_time_min
-
-    def _task(self, request: JobRequest) -> TaskCommand:
-        resources = dataclasses.replace(
-            request.resources, time_limit_min=self._walltime_min(request.resources)
-        )
-        return TaskCommand(
-            command=request.command,
-            workdir=str(request.workdir),
-            env=request.env,
-            log_dir=str(request.log_dir),
-            time_limit_s=job_time_limit_s(resources, warning_s=0.0),
-        )
-
-    def _folder(self, request: JobRequest) -> Path:
-        return Path(self.folder) if self.folder else request.workdir / "pbs"
-
-    # -- the contract -------------------------------------------------------------------------
-
-    def submit(self, requests: list[JobRequest]) -> list[str]:
-        if not requests:
-            return []
+    def _executor(self, folder: Path) -> Any:
         from affvx.cluster.submitit_pbs import PbsExecutor
 
-        ids: list[str] = []
-        for chunk in self._chunks(requests, self.max_array_size()):
-            first = chunk[0]
-            executor = PbsExecutor(self._folder(first), python=shlex.quote(self.python))
-            try:
-                executor.update_parameters(**self.parameters(first.resources, _job_name(first)))
-                with executor.batch():
-                    jobs = [executor.submit(RunCommand(self._task(r))) for r in chunk]
-            except subprocess.CalledProcessError as error:
-                raise SchedulerCommandError(
-                    list(error.cmd), error.returncode, _text(error.stdout), _text(error.stderr)
-                ) from None
-            except (ValueError, RuntimeError) as error:
-                raise ClusterError(f"qsub refused the jobs: {' '.join(str(error).split())}") from None
-            ids.extend(job.job_id for job in jobs)
-        return ids
+        return PbsExecutor(folder, python=self.quoted_python())
+
+    def _task_callable(self, task: TaskCommand) -> RunCommand:
+        return RunCommand(task)
+
+    # -- the contract -------------------------------------------------------------------------
 
     def poll(self, ids: list[str]) -> dict[str, SchedulerState]:
         if not ids:
@@ -238,7 +178,9 @@ class PbsBackend(Backend):
         for job_id in ids:
             attributes = jobs.get(job_id)
             states[job_id] = (
-                pbs_qstat.job_state(attributes) if attributes else SchedulerState(JobStatus.UNKNOWN)
+                pbs_qstat.job_state(attributes)
+                if attributes
+                else SchedulerState(JobStatus.UNKNOWN)
             )
         self._last_seen.update(states)
         return states
@@ -246,8 +188,6 @@ class PbsBackend(Backend):
     def cancel(self, ids: list[str]) -> None:
         if ids:
             pbs_qstat.run(["qdel", *ids])
-
-    # -- state --------------------------------------------------------------------------------
 
     # -- arrays -------------------------------------------------------------------------------
 
@@ -263,16 +203,6 @@ class PbsBackend(Backend):
             self._max_array_size = size
         return self._max_array_size
 
-    @staticmethod
-    def _chunks(requests: list[JobRequest], size: int) -> list[list[JobRequest]]:
-        """Batches of equal resources, each at most `size` (array indices 0..size-1)."""
-        groups: dict[Resources, list[JobRequest]] = {}
-        for request in requests:
-            groups.setdefault(request.resources, []).append(request)
-        return [
-            group[i : i + size] for group in groups.values() for i in range(0, len(group), size)
-        ]
-
 
 _NO_ANSWER = SchedulerState(JobStatus.PENDING, reason="qstat did not answer")
 
@@ -285,15 +215,3 @@ def _plain_word(option: str, value: str | None) -> str | None:
             "(PBS names have no spaces or quotes)"
         )
     return value
-
-
-def _job_name(request: JobRequest) -> str:
-    return f"affvx-{request.workdir.name}"
-
-
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

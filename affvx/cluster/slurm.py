@@ -21,7 +21,6 @@ still holds and `scontrol show job` for exit codes. An id neither knows is UNKNO
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shlex
@@ -32,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from affvx.cluster.arrays import SubmititArrayBackend, job_name, shared_options
 from affvx.cluster.base import (
     EXIT_REQUEUE,
-    Backend,
     BackendOption,
     Capabilities,
     JobEnvironment,
@@ -42,7 +41,6 @@ from affvx.cluster.base import (
     JobStatus,
     Resources,
     SchedulerState,
-    job_time_limit_s,
 )
 from affvx.cluster.errors import ClusterError, SchedulerCommandError
 from affvx.cluster.task import TaskCommand, granted_cpus, visible_gpus
@@ -123,10 +121,11 @@ def _requeue_self() -> None:
         subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
 
 
-class SlurmBackend(Backend):
+class SlurmBackend(SubmititArrayBackend):
     """Runs jobs on a SLURM cluster through submitit (see the module docstring)."""
 
     name = "slurm"
+    submit_command = "sbatch"
     capabilities = Capabilities(
         jobs_outlive_client=True,
         needs_local_supervisor=False,
@@ -146,21 +145,6 @@ class SlurmBackend(Backend):
             flag="--sbatch",
         ),
         BackendOption(
-            "setup",
-            list,
-            [],
-            "shell line run before each job (module load ...); repeat for several",
-            flag="--setup",
-        ),
-        BackendOption(
-            "array_parallelism",
-            int,
-            256,
-            "most array tasks running at once (SLURM %N)",
-            flag="--array-parallelism",
-            minimum=1,
-        ),
-        BackendOption(
             "signal_grace_s",
             int,
             120,
@@ -168,10 +152,7 @@ class SlurmBackend(Backend):
             "stops itself",
         ),
         BackendOption("accounting", str, "auto", "job state from sacct: auto, sacct or none"),
-        BackendOption("default_time_min", float, 24 * 60.0, "time limit without --time-limit"),
-        BackendOption("poll_interval_s", float, 10.0, "seconds between scheduler queries"),
-        BackendOption("folder", str, None, "submitit's folder [default: RUN/slurm]"),
-        BackendOption("python", str, None, "Python on the nodes [default: this one]"),
+        *shared_options("slurm", "SLURM %N"),
     )
 
     def __init__(
@@ -182,21 +163,15 @@ class SlurmBackend(Backend):
         qos: str | None = None,
         constraint: str | None = None,
         extra_directives: Sequence[str] = (),
-        setup: Sequence[str] = (),
-        array_parallelism: int = 256,
         signal_grace_s: int = 120,
         accounting: str = "auto",
-        default_time_min: float = 24 * 60,
-        poll_interval_s: float = 10.0,
-        folder: str | None = None,
-        python: str | None = None,
+        **shared: Any,
     ) -> None:
+        super().__init__(**shared)
         if accounting not in ("auto", "sacct", "none"):
             raise ClusterError(
                 f"[backend.slurm] accounting = {accounting!r}: choose auto, sacct or none"
             )
-        if array_parallelism < 1:
-            raise ClusterError("[backend.slurm] array_parallelism must be >= 1")
         self.partition, self.account, self.qos, self.constraint = (
             partition,
             account,
@@ -204,16 +179,14 @@ class SlurmBackend(Backend):
             constraint,
         )
         self.extra_directives = [_directive(d) for d in extra_directives]
-        self.setup = list(setup)
-        self.array_parallelism = array_parallelism
         self.signal_grace_s = signal_grace_s
         self.accounting = accounting
-        self.default_time_min = default_time_min
-        self.poll_interval_s = poll_interval_s
-        self.folder = folder
-        self.python = python or sys.executable
         self._sacct_works: bool | None = None if accounting == "auto" else accounting == "sacct"
         self._max_array_size: int | None = None
+
+    @property
+    def warning_s(self) -> float:
+        return self.signal_grace_s
 
     # -- scripts ------------------------------------------------------------------------------
 
@@ -228,7 +201,7 @@ class SlurmBackend(Backend):
             "array_parallelism": self.array_parallelism,
             "additional_parameters": directives,
             "stderr_to_stdout": False,
-            "time": int(max(1, round(resources.time_limit_min or self.default_time_min))),
+            "time": int(max(1, round(self.time_limit_min(resources)))),
         }
         if resources.gpus:
             parameters["gpus_per_node"] = resources.gpus
@@ -248,7 +221,7 @@ class SlurmBackend(Backend):
         for chunk in self._chunks(requests, self._array_size_or_default()):
             first = chunk[0]
             folder = self._folder(first)
-            parameters = self.parameters(first.resources, _job_name(first))
+            parameters = self.parameters(first.resources, job_name(first))
             if len(chunk) > 1:
                 parameters["map_count"] = len(chunk)
             command = " ".join(
@@ -257,50 +230,18 @@ class SlurmBackend(Backend):
             scripts.append(_make_sbatch_string(command=command, folder=folder, **parameters))
         return scripts
 
-    def _task(self, request: JobRequest) -> TaskCommand:
-        time_limit_min = request.resources.time_limit_min or self.default_time_min
-        return TaskCommand(
-            command=request.command,
-            workdir=str(request.workdir),
-            env=request.env,
-            log_dir=str(request.log_dir),
-            time_limit_s=job_time_limit_s(
-                dataclasses.replace(request.resources, time_limit_min=time_limit_min),
-                self.signal_grace_s,
-            ),
-        )
+    def _executor(self, folder: Path) -> Any:
+        import submitit
+
+        return submitit.SlurmExecutor(folder=folder, python=self._python_command())
+
+    def _task_callable(self, task: TaskCommand) -> RunCommand:
+        return RunCommand(task)
 
     def _python_command(self) -> str:
-        return "exec " + shlex.quote(self.python)
-
-    def _folder(self, request: JobRequest) -> Path:
-        return Path(self.folder) if self.folder else request.workdir / "slurm"
+        return "exec " + self.quoted_python()
 
     # -- the contract -------------------------------------------------------------------------
-
-    def submit(self, requests: list[JobRequest]) -> list[str]:
-        if not requests:
-            return []
-        executor_class = _submitit_executor()
-        ids: list[str] = []
-        for chunk in self._chunks(requests, self.max_array_size()):
-            first = chunk[0]
-            executor = executor_class(folder=self._folder(first), python=self._python_command())
-            try:
-                executor.update_parameters(**self.parameters(first.resources, _job_name(first)))
-                tasks = [RunCommand(self._task(r)) for r in chunk]
-                with executor.batch():
-                    jobs = [executor.submit(task) for task in tasks]
-            except subprocess.CalledProcessError as error:
-                raise SchedulerCommandError(
-                    list(error.cmd), error.returncode, _text(error.stdout), _text(error.stderr)
-                ) from None
-            except (ValueError, RuntimeError) as error:
-                raise ClusterError(
-                    f"sbatch refused the jobs: {' '.join(str(error).split())}"
-                ) from None
-            ids.extend(job.job_id for job in jobs)
-        return ids
 
     def poll(self, ids: list[str]) -> dict[str, SchedulerState]:
         if not ids:
@@ -335,16 +276,6 @@ class SlurmBackend(Backend):
 
     def _array_size_or_default(self) -> int:
         return self._max_array_size or DEFAULT_MAX_ARRAY_SIZE
-
-    @staticmethod
-    def _chunks(requests: list[JobRequest], size: int) -> list[list[JobRequest]]:
-        """Batches of equal resources, each at most `size` (array indices 0..size-1)."""
-        groups: dict[Resources, list[JobRequest]] = {}
-        for request in requests:
-            groups.setdefault(request.resources, []).append(request)
-        return [
-            group[i : i + size] for group in groups.values() for i in range(0, len(group), size)
-        ]
 
     # -- state --------------------------------------------------------------------------------
 
@@ -457,10 +388,6 @@ def _directive(text: str) -> tuple[str, Any]:
     return key.strip().replace("_", "-"), value.strip() if sep else True
 
 
-def _job_name(request: JobRequest) -> str:
-    return f"affvx-{request.workdir.name}"
-
-
 def _run(command: list[str], check: bool = True) -> str:
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -471,15 +398,3 @@ def _run(command: list[str], check: bool = True) -> str:
     if check and result.returncode != 0:
         raise SchedulerCommandError(command, result.returncode, result.stdout, result.stderr)
     return result.stdout
-
-
-def _submitit_executor() -> Any:
-    import submitit
-
-    return submitit.SlurmExecutor
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

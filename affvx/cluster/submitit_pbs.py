@@ -272,7 +272,9 @@ class PbsExecutor(core.PicklingExecutor):
         max_pickle_size_gb: float = 1.0,
         python: str | None = None,
     ) -> None:
-        super().__init__(folder, max_num_timeout=max_num_timeout, max_pickle_size_gb=max_pickle_size_gb)
+        super().__init__(
+            folder, max_num_timeout=max_num_timeout, max_pickle_size_gb=max_pickle_size_gb
+        )
         self.python = shlex.quote(sys.executable) if python is None else python
 
     @classmethod
@@ -319,7 +321,9 @@ class PbsExecutor(core.PicklingExecutor):
     def _get_job_id_from_submission_command(string: bytes | str) -> str:
         text = string.decode() if isinstance(string, bytes) else string
         if not _SUBMITTED_ID.match(text):
-            raise utils.FailedSubmissionError(f"could not read a job id from qsub's output {text!r}")
+            raise utils.FailedSubmissionError(
+                f"could not read a job id from qsub's output {text!r}"
+            )
         return text.strip()
 
     def _internal_process_submissions(

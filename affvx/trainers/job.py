@@ -56,7 +56,6 @@ METRICS_FILE = "metrics.csv"
 PREDICTIONS_FILE = "predictions.parquet"
 
 
-
 class JobOutcome(str, Enum):
     COMPLETE = "complete"
     REQUEUE = "requeue"

@@ -52,7 +52,9 @@ def test_the_script_matches_the_golden_file(flavour: str) -> None:
     golden = GOLDEN / f"qsub_{flavour}_weird_names.txt"
     if os.environ.get("AFFVX_RECORD_GOLDEN"):
         golden.write_text(script)
-    assert script == golden.read_text(), f"the qsub script changed; if intended, re-record {golden.name}"
+    assert script == golden.read_text(), (
+        f"the qsub script changed; if intended, re-record {golden.name}"
+    )
 
 
 def test_the_pbspro_script_asks_for_what_the_jobs_need() -> None:
@@ -88,7 +90,7 @@ def test_a_single_job_is_no_array() -> None:
 
 @pytest.mark.parametrize("option", ["queue", "account"])
 def test_a_name_a_directive_cannot_carry_is_refused(option: str) -> None:
-    with pytest.raises(ClusterError, match=f"{option} = \"lab's \\$\\(whoami\\)\""):
+    with pytest.raises(ClusterError, match=f'{option} = "lab\'s \\$\\(whoami\\)"'):
         PbsBackend(**{option: "lab's $(whoami)"})
 
 
@@ -122,7 +124,11 @@ FINISHED = {
             JobStatus.TIMEOUT,
             None,
         ),
-        ({"Exit_status": "271", "comment": "Job run at ... and terminated"}, JobStatus.CANCELLED, -15),
+        (
+            {"Exit_status": "271", "comment": "Job run at ... and terminated"},
+            JobStatus.CANCELLED,
+            -15,
+        ),
         ({"Exit_status": ""}, JobStatus.CANCELLED, None),  # deleted while queued
         ({"Exit_status": "-4", "comment": "mom restarted"}, JobStatus.EXITED, None),
         ({"job_state": "Q"}, JobStatus.PENDING, None),

@@ -33,9 +33,7 @@ def test_arrays_are_split_at_the_servers_max_array_size(pbs, tmp_path: Path) -> 
     BackendConformance().wait_for(
         backend, ids, lambda s: all(not x.status.is_active() for x in s.values())
     )
-    assert {(s.status, s.exit_code) for s in backend.poll(ids).values()} == {
-        (JobStatus.EXITED, 0)
-    }
+    assert {(s.status, s.exit_code) for s in backend.poll(ids).values()} == {(JobStatus.EXITED, 0)}
 
 
 def test_max_array_size_and_flavour_are_read_from_the_server(pbs) -> None:

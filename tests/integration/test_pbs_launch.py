@@ -4,7 +4,6 @@ dies and comes back."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
@@ -15,7 +14,9 @@ import pytest
 from affvx.orchestrator.ledger import JobFiles
 from tests.support.runs import (
     affvx,
+    attempt_seconds,
     attempts,
+    backend_config,
     grid,
     job_dirs,
     metrics_without_seconds,
@@ -29,22 +30,11 @@ pytestmark = [pytest.mark.pbs, pytest.mark.slow]
 
 def pbs_config(tmp_path: Path, **sections: dict) -> Path:
     """A --config file: fast polling (test jobs take seconds)."""
-    lines = ["[backend.pbs]", "poll_interval_s = 0.5"]
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {value!r}" for key, value in values.items()]
-    path = tmp_path / "pbs.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return backend_config(tmp_path, "pbs", {"poll_interval_s": 0.5}, **sections)
 
 
 def on_pbs(store: Path, run: Path, tmp_path: Path, *extra: object) -> list[str]:
     return grid(store, run, "--backend", "pbs", "--config", pbs_config(tmp_path), *extra)
-
-
-def duration_s(attempt: dict) -> float:
-    start, end = (dt.datetime.fromisoformat(attempt[k]) for k in ("start_utc", "end_utc"))
-    return (end - start).total_seconds()
 
 
 def test_the_grid_on_pbs_gives_the_numbers_of_the_local_backend(
@@ -76,8 +66,8 @@ def test_a_walltime_shorter_than_the_job_means_checkpoint_resubmit_complete(
     assert result.exit_code == 0, result.stderr
     [uninterrupted] = attempts(reference / "jobs" / job)
     # short enough that the job cannot finish in one walltime, long enough for its start-up
-    limit_s = max(int(0.5 * duration_s(uninterrupted)), 20)
-    assert duration_s(uninterrupted) > limit_s, "the job is too short: raise max_epochs"
+    limit_s = max(int(0.5 * attempt_seconds(uninterrupted)), 20)
+    assert attempt_seconds(uninterrupted) > limit_s, "the job is too short: raise max_epochs"
     run = tmp_path / "run"
     limit = ("--backend", "pbs", "--time-limit", f"{limit_s}s")
     result = cli("launch", "--store", small_store, "--run", run, "--config", config, *base, *limit)
@@ -86,7 +76,7 @@ def test_a_walltime_shorter_than_the_job_means_checkpoint_resubmit_complete(
     assert len(lines) >= 2 and lines[-1]["exit_reason"] == "completed", lines
     for line in lines[:-1]:  # every stop was the job's own, before PBS's walltime
         assert (line["exit_reason"], line["reason"]) == ("preempted", "stopped by time limit")
-        assert duration_s(line) < limit_s
+        assert attempt_seconds(line) < limit_s
     assert len({line["scheduler_id"] for line in lines}) == len(lines)  # resubmitted each time
     assert metrics_without_seconds(run / "jobs" / job) == metrics_without_seconds(
         reference / "jobs" / job

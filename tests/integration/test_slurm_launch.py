@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,9 @@ import pytest
 from affvx.orchestrator.ledger import JobFiles
 from tests.support.runs import (
     affvx,
+    attempt_seconds,
     attempts,
+    backend_config,
     grid,
     job_dirs,
     metrics_without_seconds,
@@ -28,20 +29,15 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 def slurm_config(tmp_path: Path, **sections: dict) -> Path:
     """A --config file: fast polling and a short warning (test jobs take seconds)."""
-    lines = ["[backend.slurm]", "poll_interval_s = 0.5", "signal_grace_s = 30"]
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {value!r}" for key, value in values.items()]
-    path = tmp_path / "slurm.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return backend_config(
+        tmp_path, "slurm", {"poll_interval_s": 0.5, "signal_grace_s": 30}, **sections
+    )
 
 
 def seconds_run(job_dir: Path) -> float:
     """Wall time of a job's single uninterrupted attempt."""
     [attempt] = attempts(job_dir)
-    start, end = (datetime.fromisoformat(attempt[k]) for k in ("start_utc", "end_utc"))
-    return (end - start).total_seconds()
+    return attempt_seconds(attempt)
 
 
 def on_slurm(store: Path, run: Path, tmp_path: Path, *extra: object) -> list[str]:

@@ -53,6 +53,19 @@ while True:
 """
 
 
+def constructor_keywords(kind: type) -> set[str]:
+    """The keywords `kind(...)` takes, following **kwargs passed on to the base classes."""
+    keywords: set[str] = set()
+    for cls in kind.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        keywords |= {p.name for p in parameters if p.kind is not p.VAR_KEYWORD}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return keywords
+
+
 class BackendConformance:
     """Behaviour every backend shares; subclasses set `backend_name` and provide `backend`."""
 
@@ -157,7 +170,6 @@ class BackendConformance:
         kind = type(backend)
         assert kind.name == self.backend_name
         assert isinstance(backend.capabilities.requeues_itself, bool)
-        keywords = set(inspect.signature(kind.__init__).parameters)
-        assert {option.name for option in kind.options} <= keywords
+        assert {option.name for option in kind.options} <= constructor_keywords(kind)
         with pytest.raises(ClusterError, match="not an option of the"):
             kind.configured({"no_such_option": 1})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -126,3 +127,20 @@ def report_files(run: Path) -> dict[str, bytes]:
 
 def metrics_without_seconds(job_dir: Path) -> list[str]:
     return [row.rsplit(",", 1)[0] for row in (job_dir / "metrics.csv").read_text().splitlines()]
+
+
+def backend_config(tmp_path: Path, backend: str, settings: dict, **sections: dict) -> Path:
+    """A --config file with `[backend.<backend>]` settings and other sections."""
+    lines = [f"[backend.{backend}]"] + [f"{key} = {value!r}" for key, value in settings.items()]
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {value!r}" for key, value in values.items()]
+    path = tmp_path / f"{backend}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def attempt_seconds(attempt: dict) -> float:
+    """Wall time of one line of attempts.jsonl."""
+    start, end = (dt.datetime.fromisoformat(attempt[k]) for k in ("start_utc", "end_utc"))
+    return (end - start).total_seconds()
