@@ -16,7 +16,9 @@ Policy (tested on a fake backend in tests/orchestrator/test_pool.py):
 - a job that checkpointed and exited with EXIT_REQUEUE is submitted again, without limit
   (a backend that `requeues_itself` does that by itself and the pool only follows);
 - a job that failed, or that the scheduler lost (UNKNOWN without a result), is submitted
-  again up to `max_retries` times per submission; then it ends FAILED;
+  again up to `max_retries` times per submission; then it ends FAILED -- unless its files
+  say it checkpointed to run again (a scheduler without job history forgets finished
+  jobs), which is a requeue;
 - a job that exited with EXIT_INPUT failed deterministically and is never retried;
 - a job requeued STALLED_REQUEUES times in a row without training a batch more (a time
   limit shorter than its start-up) ends FAILED, saying so, instead of looping forever;
@@ -232,6 +234,8 @@ class JobPool:
             self._end(item, Outcome.CANCELLED)
             return False
         code = state.exit_code
+        if state.status is JobStatus.UNKNOWN and _checkpointed_to_requeue(item):
+            code = EXIT_REQUEUE  # the scheduler forgot it, but its files say how it ended
         if code == EXIT_REQUEUE:
             if self._stalled(item):
                 self._end(item, Outcome.FAILED, STALLED_REASON)
@@ -290,6 +294,14 @@ STALLED_REASON = (
 
 def _key(run: RunDir, job: PlannedJob) -> tuple[Path, str]:
     return (run.path, job.job_id)
+
+
+def _checkpointed_to_requeue(item: _Tracked) -> bool:
+    """The attempt of `item` ended by checkpointing to run again (state.json PREEMPTED,
+    written by the worker itself) -- what its exit status would have said, for a scheduler
+    that no longer knows the job (no job history, no accounting)."""
+    state = item.files.state() or {}
+    return state.get("state") == "PREEMPTED" and state.get("scheduler_id") == item.scheduler_id
 
 
 def _close_silent_attempt(files: JobFiles, exit_reason: str, code: int | None) -> None:

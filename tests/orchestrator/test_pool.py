@@ -128,6 +128,28 @@ def test_a_job_the_scheduler_lost_is_recorded_lost_and_retried(run: RunDir) -> N
     assert attempt["exit_reason"] == "lost"
 
 
+def test_a_forgotten_job_whose_files_say_it_checkpointed_is_a_requeue(run: RunDir) -> None:
+    """A scheduler without job history forgets a job that stopped at its own time limit: the
+    worker's PREEMPTED state tells the pool to submit it again, not to count a failure."""
+
+    def checkpoints(request: JobRequest) -> None:
+        files = JobFiles(Path(request.key))
+        scheduler_id = (files.submission() or {})["scheduler_id"]
+        running = {
+            "state": "RUNNING",
+            "attempt": files.next_attempt(),
+            "scheduler_id": scheduler_id,
+        }
+        files.close_attempt(running, "preempted", reason="stopped by time limit")
+
+    forgotten = Scripted(exit_code=None, status=JobStatus.UNKNOWN, effect=checkpoints)
+    backend = FakeBackend(sequence(forgotten, forgotten, forgotten, Scripted(effect=completes)))
+    ended = run_pool(backend, run, ["a"], retries=0)
+    assert ended["a"].outcome is Outcome.COMPLETE
+    reasons = [a["exit_reason"] for a in JobFiles(run.job_dir("a")).attempts()]
+    assert reasons == ["preempted"] * 3
+
+
 def test_a_job_lost_more_often_than_retries_allow_fails(run: RunDir) -> None:
     backend = FakeBackend(sequence(LOST))
     ended = run_pool(backend, run, ["a"], retries=1)
