@@ -68,3 +68,24 @@ def best_of(repeats: int, fn) -> float:  # type: ignore[no-untyped-def]
         fn()
         times.append(time.perf_counter() - start)
     return float(np.min(times))
+
+
+def trivial_tasks_through(backend, work: Path, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds from submitting `n` tasks that run `true` on `backend` until none is active."""
+    from affvx.cluster.base import JobRequest, Resources
+
+    requests = [
+        JobRequest(
+            key=f"t{i}",
+            command=("true",),
+            workdir=work,
+            log_dir=work / "logs",
+            resources=Resources(cpus=1, time_limit_min=10),
+        )
+        for i in range(n)
+    ]
+    started = time.perf_counter()
+    ids = backend.submit(requests)
+    while any(s.status.is_active() for s in backend.poll(ids).values()):
+        time.sleep(0.5)
+    return time.perf_counter() - started

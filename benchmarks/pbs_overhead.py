@@ -20,9 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import machine, markdown_table  # noqa: E402
+from _common import machine, markdown_table, trivial_tasks_through  # noqa: E402
 
-from affvx.cluster.base import JobRequest, Resources  # noqa: E402
 from affvx.cluster.pbs import PbsBackend  # noqa: E402
 from tests.support.pbs_cluster import PbsCluster, cluster_in_use  # noqa: E402
 
@@ -38,34 +37,18 @@ def plain_array(cluster: PbsCluster, work: Path, n: int) -> float:
     return time.perf_counter() - started
 
 
-def through_affvx(work: Path, n: int) -> float:
-    backend = PbsBackend(array_parallelism=n, poll_interval_s=0.5)
-    requests = [
-        JobRequest(
-            key=f"t{i}",
-            command=("true",),
-            workdir=work,
-            log_dir=work / "logs",
-            resources=Resources(cpus=1, time_limit_min=10),
-        )
-        for i in range(n)
-    ]
-    started = time.perf_counter()
-    ids = backend.submit(requests)
-    while any(s.status.is_active() for s in backend.poll(ids).values()):
-        time.sleep(0.5)
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch, cluster_in_use() as cluster:
         plain = plain_array(cluster, Path(scratch), args.tasks)
-        affvx = through_affvx(Path(scratch), args.tasks)
+        backend = PbsBackend(array_parallelism=args.tasks, poll_interval_s=0.5)
+        affvx = trivial_tasks_through(backend, Path(scratch), args.tasks)
         version = cluster.run("qstat", "--version").stdout.strip()
-    print(f"machine: {machine()}; one-node OpenPBS ({version}), {len(os.sched_getaffinity(0))} CPUs\n")
+    print(
+        f"machine: {machine()}; one-node OpenPBS ({version}), {len(os.sched_getaffinity(0))} CPUs\n"
+    )
     print(
         markdown_table(
             ["way", f"{args.tasks} tasks, seconds", "per task, ms", "vs plain"],

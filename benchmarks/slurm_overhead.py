@@ -20,9 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import machine, markdown_table  # noqa: E402
+from _common import machine, markdown_table, trivial_tasks_through  # noqa: E402
 
-from affvx.cluster.base import JobRequest, Resources  # noqa: E402
 from affvx.cluster.slurm import SlurmBackend  # noqa: E402
 from tests.support.slurm_cluster import SlurmCluster, cluster_in_use  # noqa: E402
 
@@ -41,25 +40,6 @@ def plain_array(cluster: SlurmCluster, work: Path, n: int) -> float:
     return time.perf_counter() - started
 
 
-def through_affvx(cluster: SlurmCluster, work: Path, n: int) -> float:
-    backend = SlurmBackend(array_parallelism=n, poll_interval_s=0.5)
-    requests = [
-        JobRequest(
-            key=f"t{i}",
-            command=("true",),
-            workdir=work,
-            log_dir=work / "logs",
-            resources=Resources(cpus=1, time_limit_min=10),
-        )
-        for i in range(n)
-    ]
-    started = time.perf_counter()
-    ids = backend.submit(requests)
-    while any(s.status.is_active() for s in backend.poll(ids).values()):
-        time.sleep(0.5)
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
@@ -68,7 +48,8 @@ def main() -> None:
         with cluster_in_use(Path(scratch) / "cluster") as cluster:
             plain = plain_array(cluster, Path(scratch), args.tasks)
             cluster.wait_idle()
-            affvx = through_affvx(cluster, Path(scratch), args.tasks)
+            backend = SlurmBackend(array_parallelism=args.tasks, poll_interval_s=0.5)
+            affvx = trivial_tasks_through(backend, Path(scratch), args.tasks)
     print(
         f"machine: {machine()}; one-node SLURM 22.05 cluster, {len(os.sched_getaffinity(0))} CPUs\n"
     )
