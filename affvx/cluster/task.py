@@ -41,6 +41,7 @@ class TaskCommand:
         child starts with them blocked and unblocks them once it can checkpoint.
         """
         started = time.monotonic()
+        batch_shell = os.getppid()  # gone later: the scheduler has let go of this task
         os.makedirs(self.log_dir, exist_ok=True)
         log = os.path.join(self.log_dir, log_name or "task")
         child: subprocess.Popen[bytes] | None = None
@@ -58,7 +59,7 @@ class TaskCommand:
                 child = subprocess.Popen(
                     list(self.command), cwd=self.workdir, env=env, stdout=out, stderr=err
                 )
-        return wait_running_handlers(child)
+        return wait_running_handlers(child, parent_pid=batch_shell)
 
     def _environment(self, environment: JobEnvironment, elapsed_s: float) -> dict[str, str]:
         env = dict(os.environ)
@@ -68,20 +69,37 @@ class TaskCommand:
         return env
 
 
-def wait_running_handlers(child: subprocess.Popen[bytes]) -> int:
-    """`child.wait()` that runs this process's signal handlers within 50 ms of a signal.
+def wait_running_handlers(child: subprocess.Popen[bytes], parent_pid: int | None = None) -> int:
+    """`child.wait()` that runs this process's signal handlers within 50 ms of a signal, and
+    that ends the child once the scheduler has let go of this task.
 
     A plain wait sits in waitpid(), which only a signal delivered to the main thread
     interrupts. The kernel may deliver a process-wide signal to any thread that does not
     block it -- submitit imports numpy, whose BLAS threads block nothing -- and then the Python
     handler would not run (nor forward the scheduler's warning) until the child ended on its
     own. Popen.wait with a timeout polls, returning to the interpreter between polls.
+
+    Let go: this task's parent (`parent_pid`, the batch shell a scheduler started) is gone.
+    PBS ends a job when its top shell dies -- SIGTERM at the walltime or on qdel kills it at
+    once -- and does not always kill the rest of the job, which would then run on, unseen.
+    The child has had SIGTERM; it gets ORPHAN_GRACE_S to checkpoint and exit, then SIGKILL.
     """
+    orphaned_at: float | None = None
     while True:
         try:
-            return child.wait(timeout=60)
+            return child.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
+            pass
+        if parent_pid is None or os.getppid() == parent_pid:
             continue
+        if orphaned_at is None:
+            orphaned_at = time.monotonic()
+            child.send_signal(signal.SIGTERM)
+        elif time.monotonic() - orphaned_at > ORPHAN_GRACE_S:
+            child.kill()
+
+
+ORPHAN_GRACE_S = 10.0  # as PBS's default kill_delay
 
 
 def granted_cpus(*variables: str) -> int | None:

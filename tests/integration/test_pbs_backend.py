@@ -10,6 +10,7 @@ import pytest
 from affvx.cluster.base import JobStatus
 from affvx.cluster.pbs import PbsBackend
 from tests.support.backend_suite import BackendConformance, python_job
+from tests.support.runs import process_state, wait_until
 
 pytestmark = pytest.mark.pbs
 
@@ -47,19 +48,24 @@ def test_max_array_size_and_flavour_are_read_from_the_server(pbs) -> None:
         pbs.qmgr("unset server max_array_size")
 
 
-def test_a_job_past_its_walltime_is_timeout(pbs, tmp_path: Path) -> None:
+def test_a_job_past_its_walltime_is_timeout_and_leaves_nothing_running(
+    pbs, tmp_path: Path
+) -> None:
     """PBS kills it (SIGTERM, then SIGKILL) and records -29: TIMEOUT, not a plain failure.
-    The job ignores its own clock here (it never reads AFFVX_TIME_LIMIT_S)."""
+    The job ignores its own clock and holds its stop signals (a hung job); PBS ends the job
+    when its top shell dies, so the task must end the rest itself."""
     backend = PbsBackend()
-    request = python_job(
-        tmp_path, "overrun", "import time\nwhile True: time.sleep(0.1)", time_limit_min=5 / 60
-    )
+    pid_file = tmp_path / "job.pid"
+    hung = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\nwhile True: time.sleep(0.1)"
+    request = python_job(tmp_path, "overrun", hung, time_limit_min=5 / 60)
     [job_id] = backend.submit([request])
     state = BackendConformance().wait_for(
         backend, [job_id], lambda s: not s[job_id].status.is_active()
     )[job_id]
     assert state.status is JobStatus.TIMEOUT, state
     assert "walltime" in state.reason
+    job_pid = int(pid_file.read_text())
+    wait_until(lambda: process_state(job_pid) in ("", "Z"), timeout_s=60, what="the job to end")
 
 
 def test_a_server_that_does_not_answer_is_no_news(pbs, tmp_path: Path, monkeypatch) -> None:
