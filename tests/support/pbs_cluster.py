@@ -47,8 +47,10 @@ class PbsCluster:
         self.run(str(PREFIX / "bin" / "qmgr"), "-c", command)
 
     def jobs(self) -> list[str]:
-        """Ids of the jobs the server still holds (not finished), subjobs included."""
-        out = self.run("qstat", "-t", check=False).stdout
+        """Ids of the jobs the server still holds (not finished); an array is its parent
+        (`12[].server`) until its last subjob ends. (Not `qstat -t`: OpenPBS 23.06 prints a
+        big array's subjobs over and over, gigabytes for 1,000 of them.)"""
+        out = self.run("qstat", check=False).stdout
         return [line.split()[0] for line in out.splitlines()[2:] if line.strip()]
 
     def wait_idle(self, timeout_s: float = 60.0) -> None:
