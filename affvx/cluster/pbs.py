@@ -114,7 +114,7 @@ class PbsBackend(SubmititArrayBackend):
             )
         self.queue = _plain_word("queue", queue)
         self.account = _plain_word("account", account)
-        self.extra_directives = list(extra_directives)
+        self.extra_directives = [_checked_directive(d) for d in extra_directives]
         self._flavour = flavour
         self._max_array_size: int | None = None
         self._last_seen: dict[str, SchedulerState] = {}
@@ -205,6 +205,13 @@ class PbsBackend(SubmititArrayBackend):
 
 
 _NO_ANSWER = SchedulerState(JobStatus.PENDING, reason="qstat did not answer")
+
+
+def _checked_directive(text: str) -> str:
+    try:
+        return pbs_qstat.directive(text)
+    except ValueError as error:
+        raise ClusterError(f"[backend.pbs] extra_directives: {error}") from None
 
 
 def _plain_word(option: str, value: str | None) -> str | None:

@@ -1,4 +1,5 @@
-"""Reading PBS job state: `qstat -x -f -F json`, parsed defensively, and `qstat -f` text.
+"""PBS's formats: job state from `qstat -x -f -F json` (parsed defensively) and `qstat -f`
+text; walltimes, directives and array ids as qsub and qstat write them.
 
 PBS Pro / OpenPBS print JSON that is not always valid: values are typed by whether `strtod`
 swallows them (a job named `nan` prints a bare nan), strings can hold escapes JSON does not
@@ -63,7 +64,7 @@ def query(ids: list[str], flavour: str = "pbspro") -> dict[str, Attributes] | No
     history (-x) and JSON first; the text form when the JSON is invalid or incomplete;
     Torque has only the text form, and no history.
     """
-    targets = sorted({_array_parent(i) for i in ids})
+    targets = sorted({array_parent(i) for i in ids})
     history = [] if flavour == "torque" else ["-x"]
     if flavour != "torque":
         done = run(["qstat", *history, "-f", "-F", "json", "-t", *targets])
@@ -80,7 +81,7 @@ def query(ids: list[str], flavour: str = "pbspro") -> dict[str, Attributes] | No
     return parse_text(done.stdout) if _answered(done) else None
 
 
-def _array_parent(job_id: str) -> str:
+def array_parent(job_id: str) -> str:
     """`12[3].server` -> `12[].server` (one query brings every subjob); other ids as they are."""
     head, bracket, rest = job_id.partition("[")
     return f"{head}[]{rest.partition(']')[2]}" if bracket else job_id
@@ -231,3 +232,14 @@ def walltime(minutes: float) -> str:
     total = max(1, int(-(-minutes * 60 // 1)))
     hours, rest = divmod(total, 3600)
     return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def directive(text: str) -> str:
+    """An extra `#PBS` directive's options (`-l place=excl`; a leading `#PBS` is dropped);
+    ValueError, saying what to write, if it is not qsub options on one line."""
+    text = text.strip()
+    if text.startswith("#PBS"):
+        text = text[len("#PBS") :].strip()
+    if not text.startswith("-") or "\n" in text:
+        raise ValueError(f"#PBS directive {text!r}: give qsub options, e.g. '-l place=excl'")
+    return text

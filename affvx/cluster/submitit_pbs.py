@@ -81,7 +81,7 @@ def qsub_script(
         lines.append(f"#PBS {'-J' if flavour == 'pbspro' else '-t'} 0-{array_size - 1}{limit}")
     # PBS's own copy of the output is not needed: the script writes submitit's log files
     lines += ["#PBS -r y", "#PBS -j oe", "#PBS -o /dev/null"]
-    lines += [f"#PBS {_directive(d)}" for d in directives]
+    lines += [f"#PBS {pbs_qstat.directive(d)}" for d in directives]
     quoted = shlex.quote(str(folder))
     err = "&1" if stderr_to_stdout else f'{quoted}/"$PBS_JOBID"_0_log.err'
     lines += [
@@ -119,15 +119,6 @@ def _job_name(name: str) -> str:
     return cleaned[:200]
 
 
-def _directive(text: str) -> str:
-    text = text.strip()
-    if text.startswith("#PBS"):
-        text = text[len("#PBS") :].strip()
-    if not text.startswith("-") or "\n" in text:
-        raise ValueError(f"#PBS directive {text!r}: give qsub options, e.g. '-l place=excl'")
-    return text
-
-
 def submitit_command(python: str, folder: str | Path) -> str:
     """The script's last line: `exec` Python (a shell command) on submitit's entry point, so
     that PBS's signals reach the Python process itself."""
@@ -148,7 +139,7 @@ class PbsJobEnvironment(job_environment.JobEnvironment):
 
     @property
     def array_job_id(self) -> str | None:
-        parent = _array_parent(self.raw_job_id)
+        parent = pbs_qstat.array_parent(self.raw_job_id)
         return parent if parent != self.raw_job_id else None
 
     @property
@@ -187,11 +178,6 @@ class PbsJobEnvironment(job_environment.JobEnvironment):
 def array_index() -> str | None:
     """This subjob's index (PBS Pro PBS_ARRAY_INDEX, Torque PBS_ARRAYID), or None."""
     return os.environ.get("PBS_ARRAY_INDEX") or os.environ.get("PBS_ARRAYID") or None
-
-
-def _array_parent(job_id: str) -> str:
-    """`123[4].server` -> `123[].server`; any other id as it is."""
-    return re.sub(r"\[\d+\]", "[]", job_id, count=1)
 
 
 def subjob_ids(array_id: str, count: int) -> list[str]:

@@ -94,6 +94,11 @@ def test_a_name_a_directive_cannot_carry_is_refused(option: str) -> None:
         PbsBackend(**{option: "lab's $(whoami)"})
 
 
+def test_a_directive_that_is_no_qsub_option_is_refused() -> None:
+    with pytest.raises(ClusterError, match="give qsub options, e.g. '-l place=excl'"):
+        PbsBackend(extra_directives=["place=excl"])
+
+
 def test_walltimes_round_up_to_whole_seconds() -> None:
     assert walltime(90) == "01:30:00"
     assert walltime(0.5) == "00:00:30"
