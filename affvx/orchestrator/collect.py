@@ -64,6 +64,11 @@ def collect(
     on_step("reading results")
     results = {job.job_id: JobFiles(run.job_dir(job.job_id)).result() for job in jobs}
     missing = [job.job_id for job in jobs if results[job.job_id] is None]
+    if len(missing) == len(jobs):
+        raise ConfigError(
+            f"{run.path}: no job of this run has finished yet, so there is nothing to collect; "
+            f"see where they are with `affvx status {run.path}`"
+        )
     rows = fold_rows(jobs, results, oracle_lookup(run))
     summary = summarise(rows, run.config.protocol)
     report_dir = run.report_dir

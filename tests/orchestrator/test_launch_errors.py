@@ -126,3 +126,16 @@ def test_config_file_and_flags_resolve_in_order(small_store: Path, tmp_path: Pat
     resolved = resolve_config(flags={"folds": 3}, config_file=config)
     assert (resolved.folds, resolved.training.max_epochs, resolved.training.lr) == (3, 7, 0.001)
     assert resolved.emotions == ("arousal",) and resolved.modalities == (("visual",), ("mfcc",))
+
+
+def test_collect_before_any_job_finished_is_one_line_and_writes_nothing(
+    small_store: Path, tmp_path: Path, cli
+) -> None:
+    run = tmp_path / "run"
+    result = cli("launch", "--store", small_store, "--run", run, *BASE)
+    assert result.exit_code == 0, result.stderr
+    for result_file in run.glob("jobs/*/result.json"):
+        result_file.unlink()  # as if no job had finished yet
+    result = cli("collect", run)
+    assert_refused(result, "no job of this run has finished yet", "affvx status")
+    assert not (run / "report").exists()
