@@ -192,8 +192,11 @@ class PbsInfoWatcher(core.InfoWatcher):
     """Asks qstat about every unfinished job at once (affvx.cluster.pbs_qstat.query) and
     gives submitit's state words."""
 
-    _STATES = {"Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING"}
-    _STATES.update({"R": "RUNNING", "E": "COMPLETING", "B": "RUNNING", "S": "RUNNING"})
+    _STATES = {
+        **dict.fromkeys("QHWT", "PENDING"),
+        **dict.fromkeys("RBS", "RUNNING"),
+        "E": "COMPLETING",
+    }
 
     def update(self) -> None:
         to_check = sorted(self._registered - self._finished)
@@ -221,10 +224,6 @@ class PbsInfoWatcher(core.InfoWatcher):
             word = "COMPLETED" if state.exit_code == 0 else state.status.value
             word = "FAILED" if word == "EXITED" else word
         return {**attributes, "State": word}
-
-    def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
-        text = string.decode() if isinstance(string, bytes) else string
-        return {i: self._info(a) for i, a in pbs_qstat.parse_json(text).items()}
 
     def get_state(self, job_id: str, mode: str = "standard") -> str:
         return self.get_info(job_id, mode=mode).get("State") or "UNKNOWN"
