@@ -70,11 +70,11 @@ def best_of(repeats: int, fn) -> float:  # type: ignore[no-untyped-def]
     return float(np.min(times))
 
 
-def trivial_tasks_through(backend, work: Path, n: int) -> float:  # type: ignore[no-untyped-def]
-    """Seconds from submitting `n` tasks that run `true` on `backend` until none is active."""
+def trivial_requests(work: Path, n: int) -> list:  # type: ignore[type-arg]
+    """`n` JobRequests that run `true`, one CPU each."""
     from affvx.cluster.base import JobRequest, Resources
 
-    requests = [
+    return [
         JobRequest(
             key=f"t{i}",
             command=("true",),
@@ -84,6 +84,11 @@ def trivial_tasks_through(backend, work: Path, n: int) -> float:  # type: ignore
         )
         for i in range(n)
     ]
+
+
+def trivial_tasks_through(backend, work: Path, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds from submitting `n` tasks that run `true` on `backend` until none is active."""
+    requests = trivial_requests(work, n)
     started = time.perf_counter()
     ids = backend.submit(requests)
     while any(s.status.is_active() for s in backend.poll(ids).values()):

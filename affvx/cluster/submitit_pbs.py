@@ -77,7 +77,9 @@ def qsub_script(
     if account:
         lines.append(f"#PBS -A {account}")
     if array_size > 1:
-        limit = f"%{array_parallelism}" if array_parallelism else ""
+        # a limit at or above the array's size limits nothing: leave it to the scheduler
+        limited = array_parallelism and array_parallelism < array_size
+        limit = f"%{array_parallelism}" if limited else ""
         lines.append(f"#PBS {'-J' if flavour == 'pbspro' else '-t'} 0-{array_size - 1}{limit}")
     # PBS's own copy of the output is not needed: the script writes submitit's log files
     lines += ["#PBS -r y", "#PBS -j oe", "#PBS -o /dev/null"]
@@ -119,10 +121,14 @@ def _job_name(name: str) -> str:
     return cleaned[:200]
 
 
-def submitit_command(python: str, folder: str | Path) -> str:
+SUBMITIT_ENTRY = "submitit.core._submit"
+LEAN_ENTRY = "affvx.cluster.pbs_entry"  # affvx's own tasks (see that module)
+
+
+def submitit_command(python: str, folder: str | Path, entry: str = SUBMITIT_ENTRY) -> str:
     """The script's last line: `exec` Python (a shell command) on submitit's entry point, so
     that PBS's signals reach the Python process itself."""
-    return f"exec {python} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    return f"exec {python} -u -m {entry} {shlex.quote(str(folder))}"
 
 
 # -- in the job --------------------------------------------------------------------------------
@@ -246,6 +252,8 @@ class PbsExecutor(core.PicklingExecutor):
     walltime_min, array_parallelism, directives (extra `#PBS` lines), setup (shell lines),
     flavour (pbspro or torque; default: asked of `qstat --version`), stderr_to_stdout.
     AutoExecutor's timeout_min, cpus_per_task, gpus_per_node, mem_gb and name map onto them.
+    `entry` is the module the job runs: submitit's own, or LEAN_ENTRY (affvx.cluster.pbs_entry,
+    leaner: for callables that need nothing of submitit in the job).
     """
 
     job_class = PbsJob
@@ -256,11 +264,13 @@ class PbsExecutor(core.PicklingExecutor):
         max_num_timeout: int = 3,
         max_pickle_size_gb: float = 1.0,
         python: str | None = None,
+        entry: str = SUBMITIT_ENTRY,
     ) -> None:
         super().__init__(
             folder, max_num_timeout=max_num_timeout, max_pickle_size_gb=max_pickle_size_gb
         )
         self.python = shlex.quote(sys.executable) if python is None else python
+        self.entry = entry
 
     @classmethod
     def _equivalence_dict(cls) -> core.EquivalenceDict:
@@ -290,7 +300,7 @@ class PbsExecutor(core.PicklingExecutor):
 
     @property
     def _submitit_command_str(self) -> str:
-        return submitit_command(self.python, self.folder)
+        return submitit_command(self.python, self.folder, self.entry)
 
     def _make_submission_file_text(self, command: str, uid: str) -> str:
         flavour = self.parameters.get("flavour") or detect_flavour()

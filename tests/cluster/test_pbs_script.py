@@ -73,14 +73,24 @@ def test_the_pbspro_script_asks_for_what_the_jobs_need() -> None:
         assert expected in lines, expected
     # PBS jobs start in $HOME; the script goes to submitit's folder, quoted
     assert "cd '/runs/grid of '\"'\"'Ann'\"'\"' $(touch PWNED)/pbs'" in lines
-    assert lines[-1].startswith("exec /usr/bin/python3 -u -m submitit.core._submit ")
+    assert lines[-1].startswith("exec /usr/bin/python3 -u -m affvx.cluster.pbs_entry ")
+
+
+def test_an_array_limit_that_limits_nothing_is_left_out() -> None:
+    backend = PbsBackend(array_parallelism=6, python="/usr/bin/python3")
+    [script] = backend.render(weird_requests(6))
+    assert "#PBS -J 0-5" in script.splitlines()
+    [limited] = PbsBackend(array_parallelism=5, python="/usr/bin/python3").render(
+        weird_requests(6)
+    )
+    assert "#PBS -J 0-5%5" in limited.splitlines()
 
 
 def test_the_torque_script_speaks_torque() -> None:
     [script] = weird_backend("torque").render(weird_requests(3))
     lines = script.splitlines()
     assert "#PBS -l nodes=1:ppn=4:gpus=1" in lines and "#PBS -l mem=16384mb" in lines
-    assert "#PBS -t 0-2%4" in lines and not any(line.startswith("#PBS -J") for line in lines)
+    assert "#PBS -t 0-2" in lines and not any(line.startswith("#PBS -J") for line in lines)
 
 
 def test_a_single_job_is_no_array() -> None:
