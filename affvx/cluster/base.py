@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,14 +80,15 @@ class Capabilities:
     requeues_itself: bool
 
 
-_OPTION_KINDS = (str, int, float, bool, list)
+_OPTION_KINDS = (str, int, float, bool, list, dict)
 
 
 @dataclass(frozen=True)
 class BackendOption:
     """One setting a backend's constructor takes.
 
-    `kind` is str, int, float, bool or list (a list of strings; a flag may be repeated).
+    `kind` is str, int, float, bool, list (a list of strings; a flag may be repeated) or dict
+    (a TOML table; as text, JSON).
     `flag` is the `affvx launch` flag for it, if it has one (`--partition`); every option can
     also be given as `--backend-option NAME=VALUE` and in `[backend.<name>]`.
     """
@@ -113,6 +115,11 @@ class BackendOption:
                 return lowered in ("true", "1", "yes")
             if self.kind is list:
                 return [part.strip() for part in text.split(",") if part.strip()]
+            if self.kind is dict:
+                value = json.loads(text)
+                if not isinstance(value, dict):
+                    raise ValueError(text)
+                return value
             return self.kind(text)
         except ValueError:
             raise ClusterError(
@@ -135,10 +142,8 @@ class BackendOption:
             if self.minimum is not None and value < self.minimum:
                 raise ClusterError(f"{shown}: give at least {self.minimum:g} ({self.help})")
             return value
-        raise ClusterError(
-            f"{shown} is not a valid value: expected "
-            f"{'a list of strings' if self.kind is list else self.kind.__name__} ({self.help})"
-        )
+        expected = {list: "a list of strings", dict: "a table"}.get(self.kind, self.kind.__name__)
+        raise ClusterError(f"{shown} is not a valid value: expected {expected} ({self.help})")
 
 
 @dataclass(frozen=True)

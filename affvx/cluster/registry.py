@@ -13,6 +13,7 @@ BACKENDS = {
     "local": "affvx.cluster.local:LocalBackend",
     "slurm": "affvx.cluster.slurm:SlurmBackend",
     "pbs": "affvx.cluster.pbs:PbsBackend",
+    "ray": "affvx.cluster.ray:RayBackend",
 }
 
 

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,32 +35,54 @@ class TaskCommand:
     log_dir: str
     time_limit_s: float | None = None
 
-    def run(self, environment: JobEnvironment, log_name: str) -> int:
+    def run(
+        self,
+        environment: JobEnvironment,
+        log_name: str,
+        *,
+        stop_with_this_process: bool = False,
+        sigint_means_cancel: bool = False,
+    ) -> int:
         """Run the command to its end; return its exit status (negative: killed by a signal).
 
         Stop signals that reach this process while the child runs are forwarded to it; the
-        child starts with them blocked and unblocks them once it can checkpoint.
+        child starts with them blocked and unblocks them once it can checkpoint. The signal
+        handlers this process had are back when `run` returns (a Ray worker runs many tasks).
+        `stop_with_this_process`: the child gets SIGTERM if this process dies (a Ray worker
+        can be killed outright: its child then checkpoints instead of running on unseen).
+        `sigint_means_cancel`: SIGINT reaches the child as SIGTERM (ray.cancel interrupts a
+        running task as SIGINT would; a job is cancelled with SIGTERM everywhere).
         """
         started = time.monotonic()
-        batch_shell = os.getppid()  # gone later: the scheduler has let go of this task
+        scheduler_parent = os.getppid()  # gone later: the scheduler has let go of this task
         os.makedirs(self.log_dir, exist_ok=True)
         log = os.path.join(self.log_dir, log_name or "task")
         child: subprocess.Popen[bytes] | None = None
 
         def forward(signum: int, frame: Any) -> None:
+            if sigint_means_cancel and signum == signal.SIGINT:
+                signum = signal.SIGTERM
             if child is not None and child.poll() is None:
                 child.send_signal(signum)
 
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, forward)
-        # a signal during the spawn waits for `child`; the child holds it until it is ready
-        with stop_signals_blocked():
-            env = self._environment(environment, time.monotonic() - started)
-            with open(f"{log}.out", "ab") as out, open(f"{log}.err", "ab") as err:
-                child = subprocess.Popen(
-                    list(self.command), cwd=self.workdir, env=env, stdout=out, stderr=err
-                )
-        return wait_running_handlers(child, parent_pid=batch_shell)
+        previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
+        try:
+            # a signal during the spawn waits for `child`; the child holds it until it is ready
+            with stop_signals_blocked():
+                env = self._environment(environment, time.monotonic() - started)
+                with open(f"{log}.out", "ab") as out, open(f"{log}.err", "ab") as err:
+                    child = subprocess.Popen(
+                        list(self.command),
+                        cwd=self.workdir,
+                        env=env,
+                        stdout=out,
+                        stderr=err,
+                        preexec_fn=_terminated_with_parent() if stop_with_this_process else None,
+                    )
+            return wait_running_handlers(child, parent_pid=scheduler_parent)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _environment(self, environment: JobEnvironment, elapsed_s: float) -> dict[str, str]:
         env = dict(os.environ)
@@ -100,6 +123,22 @@ def wait_running_handlers(child: subprocess.Popen[bytes], parent_pid: int | None
 
 
 ORPHAN_GRACE_S = 10.0  # as PBS's default kill_delay
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminated_with_parent() -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGTERM when the process that starts it dies."""
+    import ctypes  # here: a PBS subjob that does not need it starts faster
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not import
+    parent = os.getpid()
+
+    def setup() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
 
 
 def granted_cpus(*variables: str) -> int | None:

@@ -11,7 +11,9 @@ that every backend sets (JobEnvironment), never from a scheduler's own variables
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import signal
 import socket
 import sys
 import threading
@@ -27,7 +29,7 @@ from affvx.orchestrator.ledger import (
     attempt_record,
     now_utc,
 )
-from affvx.orchestrator.plan import spec_for
+from affvx.orchestrator.plan import PlannedJob, spec_for
 from affvx.orchestrator.rundir import RunDir
 from affvx.protocol import EXIT_COMPLETE, EXIT_FAILED, EXIT_INPUT, EXIT_REQUEUE, JobEnvironment
 from affvx.storage.atomic import atomic_write_json
@@ -103,9 +105,13 @@ def heartbeat(files: JobFiles, interval_s: float = HEARTBEAT_INTERVAL_S) -> Iter
     stop = threading.Event()
 
     def beat() -> None:
+        asked = False
         while not stop.wait(interval_s):
             with contextlib.suppress(OSError):
                 files.touch_heartbeat()
+            if not asked and (files.path / STAND_DOWN_FILE).exists():
+                asked = True  # a newer attempt has started: checkpoint and leave it the job
+                os.kill(os.getpid(), signal.SIGTERM)
 
     files.touch_heartbeat()
     thread = threading.Thread(target=beat, name="affvx-heartbeat", daemon=True)
@@ -115,6 +121,89 @@ def heartbeat(files: JobFiles, interval_s: float = HEARTBEAT_INTERVAL_S) -> Iter
     finally:
         stop.set()
         thread.join()
+
+
+STAND_DOWN_WAIT_S = 120.0  # an older attempt's time to checkpoint and exit
+STAND_DOWN_FILE = "stand-down"
+
+
+@contextlib.contextmanager
+def sole_attempt(files: JobFiles, wait_s: float = STAND_DOWN_WAIT_S) -> Iterator[None]:
+    """Hold the job's attempt lock while this attempt runs: no two attempts of one job write
+    at once.
+
+    An older attempt may still run when a newer one starts (Ray runs a task again when its
+    worker dies, while the job it started checkpoints; a resumed run meets the jobs of a
+    driver that was killed). The newer one asks it to stand down -- SIGTERM if it runs on
+    this host, and a `stand-down` file that its heartbeat reads wherever it runs --, then
+    waits for the lock: the older attempt checkpoints, records how it ended and exits. After
+    `wait_s` an older attempt on this host is killed; one elsewhere that still holds the lock
+    makes this attempt fail (RuntimeError), to be retried.
+    """
+    fd = os.open(files.path / "attempt.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _locked(fd):
+            _ask_to_stand_down(files)
+            if not _wait_for_lock(fd, wait_s) and not _kill_older(files, fd):
+                older = files.state() or {}
+                raise RuntimeError(
+                    f"an older attempt of this job still runs on {older.get('node')} "
+                    f"(pid {older.get('pid')}) and did not stand down within {wait_s:g} s"
+                )
+        with contextlib.suppress(FileNotFoundError):
+            (files.path / STAND_DOWN_FILE).unlink()
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def _locked(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _wait_for_lock(fd: int, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    while not _locked(fd):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _older_worker_here(files: JobFiles) -> int | None:
+    """The pid of the attempt state.json names, if it runs on this host and is a worker."""
+    older = files.state() or {}
+    pid = older.get("pid")
+    if older.get("node") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"affvx.orchestrator.worker" in cmdline else None
+
+
+def _ask_to_stand_down(files: JobFiles) -> None:
+    atomic_write_json(files.path / STAND_DOWN_FILE, {"asked_utc": now_utc(), "by": os.getpid()})
+    pid = _older_worker_here(files)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _kill_older(files: JobFiles, fd: int) -> bool:
+    """SIGKILL an older attempt on this host that ignored its SIGTERM; True once the lock is
+    ours."""
+    pid = _older_worker_here(files)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return _wait_for_lock(fd, 30.0)
 
 
 def begin_attempt(files: JobFiles, environment: JobEnvironment) -> dict[str, Any]:
@@ -143,6 +232,11 @@ def run_worker(run_path: Path, job_id: str) -> int:
     job = run.job(job_id)
     files = JobFiles(run.job_dir(job_id))
     files.path.mkdir(parents=True, exist_ok=True)
+    with sole_attempt(files):
+        return _run_attempt(run, job, files)
+
+
+def _run_attempt(run: RunDir, job: PlannedJob, files: JobFiles) -> int:
     environment = JobEnvironment.from_environ()
     state = begin_attempt(files, environment)
     try:

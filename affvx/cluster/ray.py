@@ -1,0 +1,343 @@
+"""The `ray` backend: every job a Ray task, on a local Ray instance or an existing Ray cluster.
+
+Without an address the backend starts an embedded Ray instance on 127.0.0.1 the first time it
+submits (no server to set up, no dashboard unless asked) and stops it on `close`. With
+`address` it joins a running cluster: `auto` (a cluster started on this machine with
+`ray start`), `host:6379` (its GCS) or `ray://host:10001` (Ray Client).
+
+Each job is one Ray task (`run_ray_task`) that runs the job's command through the task shim
+(affvx.cluster.task) as a child process, exactly as a SLURM or PBS task does: same
+`AFFVX_*` environment, stop signals forwarded, the exit status returned. Ray has no time
+limit of its own; the job keeps its own clock (AFFVX_TIME_LIMIT_S). A job may ask for a
+fraction of a GPU (`num_gpus = 0.25`: four jobs per GPU).
+
+Faults: a task whose worker process or node dies is run again by Ray (`max_retries`); the
+job's child gets SIGTERM when the worker dies (it checkpoints) and the next attempt waits
+until the older one has stood down (affvx.orchestrator.worker). A job that exits on its own
+-- complete, checkpointed to be requeued, failed -- is an ordinary return value: the
+orchestrator decides, with its own retry cap. Tasks belong to the driver that submitted
+them: when it dies, Ray stops them, and `affvx launch --resume` submits what is unfinished.
+
+`ray` is imported only when a backend connects (`affvx status` and `collect` never load it).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from affvx.cluster.base import (
+    Backend,
+    BackendOption,
+    Capabilities,
+    JobEnvironment,
+    JobRequest,
+    JobStatus,
+    SchedulerState,
+    job_time_limit_s,
+)
+from affvx.cluster.errors import ClusterError
+from affvx.cluster.task import TaskCommand
+
+LOCAL = "127.0.0.1"
+
+
+def run_ray_task(task: TaskCommand, cpus: int) -> int:
+    """What a Ray worker runs for one job: its command, to its end; the exit status."""
+    import ray
+
+    context = ray.get_runtime_context()
+    environment = JobEnvironment(
+        scheduler_job_id=context.get_task_id() or "",
+        backend=RayBackend.name,
+        cpus=cpus,
+        gpus=tuple(str(g) for g in ray.get_gpu_ids()),
+    )
+    return task.run(
+        environment,
+        f"ray-{environment.scheduler_job_id[:16]}",
+        stop_with_this_process=True,
+        sigint_means_cancel=True,
+    )
+
+
+class RayBackend(Backend):
+    """Runs each job as a Ray task (see the module docstring).
+
+    Ids are Ray task ids (hex); they mean something only to this driver, which holds the
+    tasks' results: `poll` answers for the ids this instance submitted, UNKNOWN for others.
+    """
+
+    name = "ray"
+    capabilities = Capabilities(
+        jobs_outlive_client=False,  # a driver's tasks die with it
+        needs_local_supervisor=True,  # a detached launch keeps a driver running
+        pollable_anywhere=False,
+        requeues_itself=False,
+    )
+    options = (
+        BackendOption(
+            "address",
+            str,
+            None,
+            "Ray cluster to join: auto, HOST:6379 or ray://HOST:10001 "
+            "[default: start a local Ray instance]",
+            flag="--ray-address",
+        ),
+        BackendOption(
+            "num_gpus",
+            float,
+            None,
+            "GPUs per job, fractions allowed (0.25: four jobs share a GPU) "
+            "[default: the job's whole GPUs]",
+            minimum=0,
+        ),
+        BackendOption(
+            "resources", list, [], "extra Ray resources per job, NAME=AMOUNT (e.g. big_mem=1)"
+        ),
+        BackendOption("runtime_env", dict, None, "Ray runtime_env of the tasks (env_vars, ...)"),
+        BackendOption(
+            "max_retries",
+            int,
+            3,
+            "times Ray reruns a job whose worker process or node died",
+            minimum=0,
+        ),
+        BackendOption(
+            "num_cpus", int, None, "CPUs of the local Ray instance [default: all]", minimum=1
+        ),
+        BackendOption("dashboard", bool, False, "start Ray's dashboard with the local instance"),
+        BackendOption(
+            "cancel_grace_s",
+            float,
+            30.0,
+            "seconds a cancelled job has to checkpoint before its task is killed",
+            minimum=0,
+        ),
+    )
+    poll_interval_s = 1.0
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_gpus: float | None = None,
+        resources: list[str] | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+        max_retries: int = 3,
+        num_cpus: int | None = None,
+        dashboard: bool = False,
+        cancel_grace_s: float = 30.0,
+    ) -> None:
+        self.address = address or None
+        self.num_gpus = num_gpus
+        self.extra_resources = _amounts(resources or [])
+        self.runtime_env = dict(runtime_env or {})
+        self.max_retries = max_retries
+        self.num_cpus = num_cpus
+        self.dashboard = dashboard
+        self.cancel_grace_s = cancel_grace_s
+        self._refs: dict[str, Any] = {}  # task id -> ObjectRef of its exit status
+        self._ended: dict[str, SchedulerState] = {}
+        self._cancelled: dict[str, float | None] = {}  # task id -> when cancel was asked
+        self._connected = False
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def submit(self, requests: list[JobRequest]) -> list[str]:
+        if not requests:
+            return []
+        remote = self._remote_task()
+        ids = []
+        for request in requests:
+            ref = remote.options(**self.task_options(request)).remote(
+                self._task(request), request.resources.cpus
+            )
+            task_id = ref.task_id().hex()
+            self._refs[task_id] = ref
+            ids.append(task_id)
+        return ids
+
+    def poll(self, ids: list[str]) -> dict[str, SchedulerState]:
+        self._force_overdue_cancels()
+        waiting = [self._refs[i] for i in ids if i in self._refs and i not in self._ended]
+        if waiting:
+            import ray
+
+            ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0, fetch_local=True)
+            for ref in ready:
+                task_id = ref.task_id().hex()
+                self._ended[task_id] = self._outcome(task_id, ref)
+        states = {}
+        for task_id in ids:
+            if task_id in self._ended:
+                states[task_id] = self._ended[task_id]
+            elif task_id in self._refs:
+                # Ray does not say cheaply whether a task has started; the job's files do
+                states[task_id] = SchedulerState(JobStatus.PENDING)
+            else:
+                states[task_id] = SchedulerState(JobStatus.UNKNOWN, reason="not this driver's")
+        return states
+
+    def cancel(self, ids: list[str]) -> None:
+        """Stop the tasks: a running job gets SIGTERM from its task (it checkpoints); a task
+        still running `cancel_grace_s` later is cancelled by force (its worker killed)."""
+        import ray
+
+        for task_id in ids:
+            ref = self._refs.get(task_id)
+            if ref is None or task_id in self._ended or task_id in self._cancelled:
+                continue
+            self._cancelled[task_id] = time.monotonic()
+            ray.cancel(ref, force=False)
+
+    def _force_overdue_cancels(self) -> None:
+        import ray
+
+        now = time.monotonic()
+        for task_id, asked in list(self._cancelled.items()):
+            if (
+                task_id not in self._ended
+                and asked is not None
+                and now - asked > self.cancel_grace_s
+            ):
+                self._cancelled[task_id] = None  # forced once
+                ray.cancel(self._refs[task_id], force=True)
+
+    def wait(self, timeout_s: float) -> None:
+        """Return as soon as one of this driver's tasks ends, at the latest after `timeout_s`."""
+        waiting = [ref for i, ref in self._refs.items() if i not in self._ended]
+        if not waiting:
+            super().wait(timeout_s)
+            return
+        import ray
+
+        ray.wait(waiting, num_returns=1, timeout=timeout_s, fetch_local=False)
+
+    def render(self, requests: list[JobRequest]) -> list[str]:
+        """What would be submitted: where, and each task with its Ray options and command."""
+        if not requests:
+            return []
+        where = (
+            f"the Ray cluster at {self.address}"
+            if self.address
+            else f"a local Ray instance on {LOCAL} ({self.num_cpus or os.cpu_count()} CPUs)"
+        )
+        lines = [f"# ray backend: {len(requests)} tasks on {where}"]
+        for request in requests:
+            options = self.task_options(request)
+            shown = " ".join(f"{k}={v}" for k, v in options.items() if k != "runtime_env")
+            lines.append(f"# task {request.key}: {shown}")
+            lines.append(
+                f"cd {shlex.quote(str(request.workdir))} && {shlex.join(request.command)}"
+            )
+        if self.runtime_env:
+            lines.append(f"# runtime_env: {self.runtime_env}")
+        return ["\n".join(lines) + "\n"]
+
+    def close(self) -> None:
+        """Disconnect from Ray (a local instance this backend started stops with it)."""
+        if self._connected:
+            import ray
+
+            ray.shutdown()
+            self._connected = False
+
+    # -- Ray ----------------------------------------------------------------------------------
+
+    def task_options(self, request: JobRequest) -> dict[str, Any]:
+        """The `.options()` of the Ray task that runs `request`."""
+        resources = request.resources
+        options: dict[str, Any] = {
+            "name": request.key,
+            "num_cpus": resources.cpus,
+            "num_gpus": self.num_gpus if self.num_gpus is not None else resources.gpus,
+            "max_retries": self.max_retries,
+            "retry_exceptions": False,
+        }
+        if resources.mem_gb:
+            options["memory"] = int(resources.mem_gb * 2**30)
+        if self.extra_resources:
+            options["resources"] = dict(self.extra_resources)
+        if self.runtime_env:
+            options["runtime_env"] = dict(self.runtime_env)
+        return options
+
+    def _task(self, request: JobRequest) -> TaskCommand:
+        return TaskCommand(
+            command=request.command,
+            workdir=str(request.workdir),
+            env=request.env,
+            log_dir=str(request.log_dir),
+            time_limit_s=job_time_limit_s(request.resources, 0.0),
+        )
+
+    def _remote_task(self) -> Any:
+        self._connect()
+        import ray
+
+        return ray.remote(run_ray_task)
+
+    def _connect(self) -> None:
+        import logging
+
+        import ray
+
+        if ray.is_initialized():
+            return
+        quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+        try:
+            if self.address:
+                ray.init(address=self.address, **quiet)
+            else:
+                ray.init(
+                    address="local",
+                    num_cpus=self.num_cpus,
+                    include_dashboard=self.dashboard,
+                    _node_ip_address=LOCAL,
+                    **quiet,
+                )
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            where = self.address or "a local instance"
+            raise ClusterError(
+                f"could not start or join Ray ({where}): {' '.join(str(error).split())}"
+            ) from None
+        self._connected = True
+
+    def _outcome(self, task_id: str, ref: Any) -> SchedulerState:
+        import ray
+        from ray import exceptions
+
+        try:
+            code = ray.get(ref, timeout=0)
+        except (exceptions.TaskCancelledError, exceptions.WorkerCrashedError) as error:
+            if task_id in self._cancelled:
+                return SchedulerState(JobStatus.CANCELLED, reason="cancelled")
+            return SchedulerState(JobStatus.UNKNOWN, reason=_first_line(error))
+        except exceptions.RayError as error:  # its node died, its worker died, retries spent
+            return SchedulerState(JobStatus.UNKNOWN, reason=_first_line(error))
+        if task_id in self._cancelled and code != 0:
+            return SchedulerState(JobStatus.CANCELLED, exit_code=code, reason="cancelled")
+        return SchedulerState(JobStatus.EXITED, exit_code=code)
+
+
+def _amounts(texts: list[str]) -> dict[str, float]:
+    amounts = {}
+    for text in texts:
+        name, sep, amount = text.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError(text)
+            amounts[name.strip()] = float(amount)
+        except ValueError:
+            raise ClusterError(
+                f"[backend.ray] resources {text!r}: write NAME=AMOUNT, e.g. big_mem=1"
+            ) from None
+    return amounts
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)

@@ -1,0 +1,149 @@
+"""`affvx launch --backend ray` on real Ray: a two-node cluster on this machine that loses a
+node mid-grid, a driver killed mid-grid, and a local run resumed on Ray.
+
+The cluster is Ray's own `ray.cluster_utils.Cluster`: a head and a second node, each a raylet
+with its own processes on this machine; removing the second node kills its raylet and its
+workers, as a lost machine would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from affvx.orchestrator.ledger import JobFiles
+from tests.support.runs import (
+    affvx,
+    attempts,
+    grid,
+    job_dirs,
+    metrics_without_seconds,
+    process_state,
+    report_files,
+    running_with_checkpoint,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture
+def two_nodes() -> Iterator[tuple[object, object]]:
+    """A Ray cluster of a head and one more node, one CPU each; (cluster, second node)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    second = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster, second
+    finally:
+        cluster.shutdown()
+
+
+def raylet_pid(node: object) -> int:
+    from ray._private import ray_constants
+
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid  # type: ignore[attr-defined]
+
+
+def ancestors(pid: int) -> list[int]:
+    chain = []
+    with contextlib.suppress(OSError, ValueError):
+        while pid > 1:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            chain.append(pid)
+    return chain
+
+
+def frozen_on(run: Path, raylet: int) -> tuple[Path, int] | None:
+    """A job training under `raylet` that has checkpointed, stopped (SIGSTOP) mid-training."""
+    for job_dir, pid in running_with_checkpoint(run):
+        if raylet not in ancestors(pid):
+            continue
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda pid=pid: process_state(pid) in ("T", "Z", ""), timeout_s=30)
+        if process_state(pid) == "T" and not (job_dir / "result.json").exists():
+            return job_dir, pid
+        os.kill(pid, signal.SIGCONT)
+    return None
+
+
+def test_losing_a_node_mid_grid_costs_a_retry_not_a_result(
+    two_nodes, small_store: Path, reference_run: Path, tmp_path: Path
+) -> None:
+    cluster, second = two_nodes
+    run = tmp_path / "run"
+    launcher = affvx(*grid(small_store, run, "--backend", "ray", "--ray-address", cluster.address))
+    victim, pid = wait_until(lambda: frozen_on(run, raylet_pid(second)), what="a job on node 2")
+    cluster.remove_node(second, allow_graceful=False)  # its raylet and workers die
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)  # if it survived its node, it must still stand down
+    out, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, err
+    for job_dir in job_dirs(run):
+        assert JobFiles(job_dir).result() is not None
+        assert metrics_without_seconds(job_dir) == metrics_without_seconds(
+            reference_run / "jobs" / job_dir.name
+        )
+        assert sum(a["exit_reason"] == "completed" for a in attempts(job_dir)) == 1
+    lines = attempts(victim)
+    assert len(lines) >= 2 and lines[-1]["exit_reason"] == "completed"
+
+
+def test_a_killed_driver_is_finished_by_resume_without_running_a_job_twice(
+    small_store: Path, reference_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    launcher = affvx(*grid(small_store, run, "--backend", "ray"))
+    wait_until(
+        lambda: any(JobFiles(d).result() for d in job_dirs(run)) and running_with_checkpoint(run),
+        what="a complete job and a running one",
+    )
+    launcher.send_signal(signal.SIGKILL)
+    launcher.communicate()
+    complete_before = {
+        d.name: (d / "result.json").stat().st_mtime_ns
+        for d in job_dirs(run)
+        if (d / "result.json").exists()
+    }
+    resumed = subprocess.run(
+        [*launcher.args[:3], "launch", "--resume", "--run", str(run), "--backend", "ray"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(job_dirs(run)) == 12
+    for job_dir in job_dirs(run):
+        lines = attempts(job_dir)
+        assert sum(a["exit_reason"] == "completed" for a in lines) == 1, lines
+        assert metrics_without_seconds(job_dir) == metrics_without_seconds(
+            reference_run / "jobs" / job_dir.name
+        )
+    for name, mtime in complete_before.items():
+        assert (run / "jobs" / name / "result.json").stat().st_mtime_ns == mtime
+
+
+def test_a_local_run_resumed_on_ray_gives_the_local_report(
+    small_store: Path, reference_run: Path, tmp_path: Path, cli
+) -> None:
+    run = tmp_path / "run"
+    launcher = affvx(*grid(small_store, run, "--max-parallel", "2"))
+    wait_until(lambda: any(JobFiles(d).result() for d in job_dirs(run)), what="a complete job")
+    launcher.send_signal(signal.SIGTERM)  # the local jobs checkpoint and stop with it
+    launcher.communicate()
+    assert sum(JobFiles(d).result() is not None for d in job_dirs(run)) < 12
+    result = cli("launch", "--resume", "--run", run, "--backend", "ray")
+    assert result.exit_code == 0, result.stderr
+    backends = {a["backend"] for d in job_dirs(run) for a in attempts(d)}
+    assert backends == {"local", "ray"}
+    assert cli("collect", run).exit_code == 0
+    assert report_files(run) == report_files(reference_run)
