@@ -28,7 +28,7 @@ def cancel_run(run_path: Path) -> list[str]:
         JobFiles(run.job_dir(view.job_id)).mark_cancelled()
     run.request_cancel()
     driver = run.driver()
-    backend = backend_class(run.config.backend.name)
+    backend = backend_class(run.saved_config.backend.name)
     if not backend.capabilities.jobs_outlive_client:
         if not (driver and driver.get("alive")):
             for view in targets:
@@ -44,5 +44,6 @@ def cancel_run(run_path: Path) -> list[str]:
     else:
         ids = [v.scheduler_id for v in targets if v.scheduler_id]
         if ids:
-            get_backend(run.config.backend.name, run.config.backend.options_for()).cancel(ids)
+            settings = run.saved_config.backend
+            get_backend(settings.name, settings.options_for()).cancel(ids)
     return [v.job_id for v in targets]

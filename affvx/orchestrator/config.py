@@ -93,7 +93,13 @@ class BackendConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """A whole cross-validation grid and how to run it."""
+    """A whole cross-validation grid and how to run it.
+
+    `store` is where the feature store is opened. A run that was moved with its store
+    (RunDir.config) finds it elsewhere than the path it recorded when it was made; that path
+    stays in `recorded_store`, and it is the one the configuration is compared, hashed and
+    saved with, so the run's jobs keep their identity.
+    """
 
     store: str
     protocol: str = "abaw2"
@@ -106,6 +112,7 @@ class ExperimentConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)  # type: ignore[valid-type]
     resources: Resources = field(default_factory=Resources)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    recorded_store: str | None = None  # None: the store is at the path it was recorded with
 
     def experiment_part(self) -> dict[str, Any]:
         """The settings that decide results (everything but resources and backend)."""
@@ -153,7 +160,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def build_config(data: dict[str, Any], source: str = "configuration") -> ExperimentConfig:
     """An ExperimentConfig from nested plain data; unknown keys and bad values raise."""
     data = _spelled_once(data, source)
-    _check_keys(data, ExperimentConfig, source, "")
+    _check_keys(data, ExperimentConfig, source, "", exclude=("recorded_store",))
     sections = {
         "model": ModelConfig,
         "training": TrainingConfig,
@@ -384,7 +391,9 @@ def differences(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 
 
 def to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The configuration as saved: its store named by the path the run recorded."""
     data = dataclasses.asdict(config)
+    data["store"] = data.pop("recorded_store") or data["store"]
     backend = data.pop("backend")
     options = backend.pop("options")
     data["backend"] = {**backend, **options}

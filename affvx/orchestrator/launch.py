@@ -112,6 +112,8 @@ def prepare(
         config = resolve_config(
             flags=flags, config_file=config_file, saved=run.saved_config_data()
         )
+        given = config.store if config.store != run.saved_config.store else None
+        config = run.with_store(config, run.locate_store(given))
         run.check_same_experiment(config)
     else:
         if run.path.exists() and any(run.path.iterdir()):
@@ -190,7 +192,9 @@ def launch(
             dry_run_scripts=backend.render(requests),
             dry_run_command=shlex.join(requests[0].command) if requests else "",
         )
-    if not plan.existing:
+    if plan.existing:
+        run.record_store(config.store)  # where it was found now, for the workers too
+    else:
         run.create(config, plan.folds, plan.jobs)
     observer.on_plan(run, plan.jobs, plan.existing)
     if detach and backend.capabilities.needs_local_supervisor:

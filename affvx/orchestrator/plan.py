@@ -142,6 +142,7 @@ def spec_for(
     emotions = ("valence", "arousal") if job.emotion == "both" else (job.emotion,)
     return TrainSpec(
         store=config.store,
+        recorded_store=config.recorded_store,
         fold=job.fold,
         train_trials=fold.train,
         validation_trials=fold.validation,

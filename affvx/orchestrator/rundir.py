@@ -3,6 +3,8 @@ or collect it, and the process that launched it can die at any time.
 
     RUN/
       experiment.toml    the resolved configuration (written once)
+      store.json         where the feature store was last found, relative to the run and
+                         absolute, and its fingerprint (so a run moved with its store finds it)
       folds.json         the fold table used (written once, never recomputed)
       plan.parquet       one row per job (written once)
       driver.json        the process following the run, while one does
@@ -13,6 +15,7 @@ or collect it, and the process that launched it can die at any time.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -32,16 +35,23 @@ from affvx.orchestrator.errors import ConfigError
 from affvx.orchestrator.folds import FoldTable
 from affvx.orchestrator.plan import LEGACY_COLUMNS, PLAN_COLUMNS, PlannedJob, plan_schema
 from affvx.storage.atomic import atomic_write_json, atomic_write_text, create_exclusive_bytes
+from affvx.storage.format import read_fingerprint
 
 RUNS_DIR = Path("runs")
 
 
 class RunDir:
-    """Paths and the write-once files of one run directory."""
+    """Paths and the write-once files of one run directory.
+
+    A run is portable: moved together with its feature store (to another directory, a shared
+    file system, another machine) it finds the store again through store.json, and refuses a
+    store whose fingerprint is not the one it was made with (`config`, `locate_store`).
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.experiment_file = self.path / "experiment.toml"
+        self.store_file = self.path / "store.json"
         self.folds_file = self.path / "folds.json"
         self.plan_file = self.path / "plan.parquet"
         self.driver_file = self.path / "driver.json"
@@ -73,8 +83,23 @@ class RunDir:
         return read_config_file(self.experiment_file)
 
     @cached_property
-    def config(self) -> ExperimentConfig:
+    def saved_config(self) -> ExperimentConfig:
+        """The configuration as experiment.toml has it, the store at the path recorded when
+        the run was made (enough for what never opens the store: status, cancel)."""
         return build_config(self.saved_config_data(), source=str(self.experiment_file))
+
+    @cached_property
+    def config(self) -> ExperimentConfig:
+        """The configuration with the store where it is now (`locate_store`): what the
+        workers and collect open. ConfigError when the run's store is nowhere to be found."""
+        return self.with_store(self.saved_config, self.locate_store())
+
+    def with_store(self, config: ExperimentConfig, store: Path) -> ExperimentConfig:
+        """`config` opening the store at `store`, still naming the path the run recorded."""
+        recorded = self.saved_config.store
+        return dataclasses.replace(
+            config, store=str(store), recorded_store=None if str(store) == recorded else recorded
+        )
 
     @cached_property
     def folds(self) -> FoldTable:
@@ -102,12 +127,82 @@ class RunDir:
                 return job
         raise ConfigError(f"{self.path}: no job {job_id!r} in the plan")
 
+    # -- the feature store --------------------------------------------------------------------
+
+    def store_record(self) -> dict[str, Any]:
+        """store.json, or {} for a run made before affvx wrote one."""
+        try:
+            return json.loads(self.store_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(
+                f"{self.store_file}: damaged ({error}); delete it, and the run looks for its "
+                "store at the path in experiment.toml"
+            ) from None
+
+    def record_store(self, store: Path | str) -> None:
+        """Record in store.json (when it changed) where the run's store is: relative to the
+        run directory, absolute, and the store's fingerprint."""
+        absolute = Path(store).resolve()
+        record = {
+            "relative": os.path.relpath(absolute, self.path.resolve()),
+            "absolute": str(absolute),
+            "fingerprint": read_fingerprint(absolute),
+        }
+        if record != self.store_record():
+            atomic_write_json(self.store_file, record)
+
+    def locate_store(self, given: Path | str | None = None) -> Path:
+        """Where the run's feature store is now: `given` (launch --store) if it holds the
+        store, else the first recorded place that does -- relative to the run first, so that
+        a run moved together with its store finds it, then the absolute paths.
+
+        A store "holds" when its fingerprint is the recorded one. A run made before
+        store.json has no fingerprint: its one path is returned unchecked (the job hashes
+        that launch compares still cover the store's content).
+        """
+        record = self.store_record()
+        expected = record.get("fingerprint")
+        places = [Path(given).resolve()] if given is not None else self._store_places(record)
+        if expected is None:
+            return places[0]
+        for place in places:
+            if read_fingerprint(place) == expected:
+                return place
+        raise ConfigError(self._store_not_found(record, places, given is not None))
+
+    def _store_places(self, record: dict[str, Any]) -> list[Path]:
+        places = []
+        if record.get("relative"):
+            places.append((self.path / record["relative"]).resolve())
+        places += [Path(p) for p in (record.get("absolute"), self.saved_config.store) if p]
+        return list(dict.fromkeys(places))
+
+    def _store_not_found(self, record: dict[str, Any], places: list[Path], given: bool) -> str:
+        expected = record["fingerprint"]
+        found = [(place, fp) for place in places if (fp := read_fingerprint(place))]
+        if given:
+            there = f"a store of fingerprint {found[0][1]}" if found else "no feature store there"
+            return (
+                f"--store {places[0]}: {there}, but run {self.path} was made with the store of "
+                f"fingerprint {expected}: pass that one"
+            )
+        shown = [str(place) for place in places]
+        if record.get("relative"):
+            shown[0] = f"{record['relative']} from the run ({places[0]})"
+        others = "; ".join(f"fingerprint {fp} at {place}" for place, fp in found)
+        return (
+            f"run {self.path} expects its feature store (fingerprint {expected}) at "
+            f"{' or '.join(shown)}: found {'another store, ' + others if found else 'none'}; "
+            "move the store back, or pass --store PATH to `affvx launch --resume`"
+        )
+
     # -- creating -----------------------------------------------------------------------------
 
     def check_same_experiment(self, config: ExperimentConfig) -> None:
         """Refuse a launch whose experiment settings differ from the run's."""
-        saved = build_config(self.saved_config_data(), source=str(self.experiment_file))
-        changed = differences(saved.experiment_part(), config.experiment_part())
+        changed = differences(self.saved_config.experiment_part(), config.experiment_part())
         if changed:
             raise ConfigError(
                 f"{self.path} is a run of another experiment ({'; '.join(changed[:3])}); "
@@ -124,6 +219,7 @@ class RunDir:
         create_exclusive_bytes(
             self.folds_file, (json.dumps(folds.to_json(), indent=1) + "\n").encode()
         )
+        self.record_store(config.store)
         rows = [job.row() for job in jobs]
         table = pa.table(
             {name: [row[name] for row in rows] for name in PLAN_COLUMNS}, schema=plan_schema()

@@ -150,7 +150,7 @@ def run_status(run_path: Path, *, query_scheduler: bool = True) -> RunStatus:
 def _backend_class(run: RunDir) -> Any:
     from affvx.cluster.registry import backend_class
 
-    return backend_class(run.config.backend.name)
+    return backend_class(run.saved_config.backend.name)
 
 
 def _scheduler_states(run: RunDir, views: dict[str, JobView]) -> dict[str, Any]:
@@ -165,7 +165,8 @@ def _scheduler_states(run: RunDir, views: dict[str, JobView]) -> dict[str, Any]:
     from affvx.cluster.registry import get_backend
 
     try:
-        backend = get_backend(run.config.backend.name, run.config.backend.options_for())
+        settings = run.saved_config.backend
+        backend = get_backend(settings.name, settings.options_for())
         return backend.poll(ids)
     except ClusterError:
         return {}

@@ -12,8 +12,12 @@ trial's rows are one contiguous buffer that numpy can view without copying.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from affvx.storage.errors import InputDataError
 
@@ -47,6 +51,23 @@ INVALID_LABEL = -5.0
 _TRIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 _MODALITY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _RESERVED_MODALITIES = {"labels", "trials", "manifest"}
+
+
+def manifest_fingerprint(manifest: dict[str, Any]) -> str:
+    """A store's identity: a short hash of the content of every file (from the manifest's
+    checksums). Two stores with the same fingerprint hold the same features and labels."""
+    files = json.dumps(manifest["files"], sort_keys=True).encode()
+    return hashlib.sha256(files).hexdigest()[:16]
+
+
+def read_fingerprint(store: Path | str) -> str | None:
+    """The fingerprint of the store at `store`, from its manifest alone (no data file is
+    opened); None where there is no readable store manifest."""
+    try:
+        manifest = json.loads((Path(store) / MANIFEST_FILE).read_text())
+        return manifest_fingerprint(manifest)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def modality_file(modality: str) -> str:

@@ -11,7 +11,6 @@ page cache however many workers read them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -132,9 +131,8 @@ class FeatureStore:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the content of every file (from the manifest's checksums)."""
-        files = json.dumps(self.manifest["files"], sort_keys=True).encode()
-        return hashlib.sha256(files).hexdigest()[:16]
+        """A short hash of the content of every file (fmt.manifest_fingerprint)."""
+        return fmt.manifest_fingerprint(self.manifest)
 
     def verify(self) -> None:
         """Compare every file's size and SHA-256 with the manifest; raise on a mismatch."""

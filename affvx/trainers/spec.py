@@ -62,6 +62,9 @@ class ModelConfig:
 class TrainSpec:
     """One job: train on `train_trials`, select the epoch on `validation_trials`, predict the
     validation and test trials. `emotions` with two entries trains both at once (summed loss).
+    `store` is where the store is opened; `recorded_store`, when set, is the path that the
+    job's run recorded for it (a run moved with its store): the job's hash names that path,
+    so its checkpoints stay valid wherever the store is now.
     """
 
     store: str
@@ -87,6 +90,7 @@ class TrainSpec:
     device: str = "auto"
     threads: int | None = None
     time_limit_s: float | None = None
+    recorded_store: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -149,6 +153,7 @@ class TrainSpec:
         config = self.to_dict()
         for name in RUNTIME_FIELDS:
             config.pop(name)
+        config["store"] = config.pop("recorded_store") or config["store"]
         return config
 
     def config_hash(self, store_fingerprint: str = "") -> str:
