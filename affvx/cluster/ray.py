@@ -27,6 +27,7 @@ import os
 import shlex
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from affvx.cluster.base import (
@@ -284,6 +285,8 @@ class RayBackend(Backend):
     def _connect(self) -> None:
         import logging
 
+        if self.address:
+            _token_mode_if_a_token_is_at_hand()  # read when ray is imported
         import ray
 
         if ray.is_initialized():
@@ -322,6 +325,17 @@ class RayBackend(Backend):
         if task_id in self._cancelled and code != 0:
             return SchedulerState(JobStatus.CANCELLED, exit_code=code, reason="cancelled")
         return SchedulerState(JobStatus.EXITED, exit_code=code)
+
+
+def _token_mode_if_a_token_is_at_hand() -> None:
+    """Ray (2.5x) clusters want a token by default, but a driver that joins one by address
+    sends it only in token mode, which Ray turns on by itself only for the instances it
+    starts. Turn it on when a token is at hand and RAY_AUTH_MODE says nothing."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    if os.environ.get("RAY_AUTH_TOKEN") or Path(token_file).exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _amounts(texts: list[str]) -> dict[str, float]:

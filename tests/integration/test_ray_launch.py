@@ -147,3 +147,48 @@ def test_a_local_run_resumed_on_ray_gives_the_local_report(
     assert backends == {"local", "ray"}
     assert cli("collect", run).exit_code == 0
     assert report_files(run) == report_files(reference_run)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A cluster started as an administrator would (`ray start --head`), private ports and
+    temp dir; the addresses a driver can join it by."""
+    import sys
+
+    ray = str(Path(sys.executable).with_name("ray"))
+    gcs, client = free_port(), free_port()
+    temp = Path(f"/tmp/affvx-ray-{os.getpid()}")  # short: Ray's socket paths must fit
+    start = [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs)]
+    start += ["--ray-client-server-port", str(client), "--num-cpus", "2", "--temp-dir", str(temp)]
+    start += ["--include-dashboard", "false", "--disable-usage-stats"]
+    subprocess.run(start, check=True, capture_output=True)
+    try:
+        yield {"auto": "auto", "gcs": f"127.0.0.1:{gcs}", "client": f"ray://127.0.0.1:{client}"}
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True)
+        subprocess.run(["rm", "-rf", str(temp)])
+
+
+@pytest.mark.parametrize("kind", ["auto", "gcs", "client"])
+def test_a_running_cluster_is_joined_by_each_kind_of_address(
+    ray_head: dict[str, str], kind: str, small_store: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    launcher = affvx(
+        *("launch", "--store", str(small_store), "--run", str(run), "--model", "tcn"),
+        *("--folds", "2", "--emotions", "valence", "--modalities", "visual", "--epochs", "1"),
+        *("--backend", "ray", "--ray-address", ray_head[kind]),
+    )
+    out, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, err
+    for job_dir in job_dirs(run):
+        [attempt] = attempts(job_dir)
+        assert (attempt["backend"], attempt["exit_reason"]) == ("ray", "completed")
