@@ -11,9 +11,11 @@ Each job is one Ray task (`run_ray_task`) that runs the job's command through th
 limit of its own; the job keeps its own clock (AFFVX_TIME_LIMIT_S). A job may ask for a
 fraction of a GPU (`num_gpus = 0.25`: four jobs per GPU).
 
-Faults: a task whose worker process or node dies is run again by Ray (`max_retries`); the
-job's child gets SIGTERM when the worker dies (it checkpoints) and the next attempt waits
-until the older one has stood down (affvx.orchestrator.worker). A job that exits on its own
+Faults: a task whose worker process or node dies is run again by Ray (`max_retries`) and
+the job resumes from its last checkpoint. If the job's process outlived its worker, the new
+attempt makes it stand down first (affvx.orchestrator.worker.sole_attempt): never two at
+once. `cancel` interrupts the task (Ray delivers it as SIGINT; the job gets SIGTERM and
+checkpoints), and kills it by force after `cancel_grace_s`. A job that exits on its own
 -- complete, checkpointed to be requeued, failed -- is an ordinary return value: the
 orchestrator decides, with its own retry cap. Tasks belong to the driver that submitted
 them: when it dies, Ray stops them, and `affvx launch --resume` submits what is unfinished.
@@ -44,6 +46,8 @@ from affvx.cluster.errors import ClusterError
 from affvx.cluster.task import TaskCommand
 
 LOCAL = "127.0.0.1"
+COALESCE_S = 0.2
+_PENDING = SchedulerState(JobStatus.PENDING)
 
 
 def run_ray_task(task: TaskCommand, cpus: int) -> int:
@@ -57,12 +61,8 @@ def run_ray_task(task: TaskCommand, cpus: int) -> int:
         cpus=cpus,
         gpus=tuple(str(g) for g in ray.get_gpu_ids()),
     )
-    return task.run(
-        environment,
-        f"ray-{environment.scheduler_job_id[:16]}",
-        stop_with_this_process=True,
-        sigint_means_cancel=True,
-    )
+    log_name = f"ray-{environment.scheduler_job_id[:16]}"
+    return task.run(environment, log_name, sigint_means_cancel=True)
 
 
 class RayBackend(Backend):
@@ -178,7 +178,7 @@ class RayBackend(Backend):
                 states[task_id] = self._ended[task_id]
             elif task_id in self._refs:
                 # Ray does not say cheaply whether a task has started; the job's files do
-                states[task_id] = SchedulerState(JobStatus.PENDING)
+                states[task_id] = _PENDING
             else:
                 states[task_id] = SchedulerState(JobStatus.UNKNOWN, reason="not this driver's")
         return states
@@ -209,14 +209,18 @@ class RayBackend(Backend):
                 ray.cancel(self._refs[task_id], force=True)
 
     def wait(self, timeout_s: float) -> None:
-        """Return as soon as one of this driver's tasks ends, at the latest after `timeout_s`."""
+        """Return once one of this driver's tasks has ended (gathering the others that end
+        within COALESCE_S, so that a thousand short jobs wake the driver a few times a
+        second, not a thousand times), at the latest after `timeout_s`."""
         waiting = [ref for i, ref in self._refs.items() if i not in self._ended]
         if not waiting:
             super().wait(timeout_s)
             return
         import ray
 
-        ray.wait(waiting, num_returns=1, timeout=timeout_s, fetch_local=False)
+        ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout_s, fetch_local=False)
+        if ready and len(waiting) > 1:
+            ray.wait(waiting, num_returns=len(waiting), timeout=COALESCE_S, fetch_local=False)
 
     def render(self, requests: list[JobRequest]) -> list[str]:
         """What would be submitted: where, and each task with its Ray options and command."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,6 @@ class TaskCommand:
         environment: JobEnvironment,
         log_name: str,
         *,
-        stop_with_this_process: bool = False,
         sigint_means_cancel: bool = False,
     ) -> int:
         """Run the command to its end; return its exit status (negative: killed by a signal).
@@ -48,8 +47,6 @@ class TaskCommand:
         Stop signals that reach this process while the child runs are forwarded to it; the
         child starts with them blocked and unblocks them once it can checkpoint. The signal
         handlers this process had are back when `run` returns (a Ray worker runs many tasks).
-        `stop_with_this_process`: the child gets SIGTERM if this process dies (a Ray worker
-        can be killed outright: its child then checkpoints instead of running on unseen).
         `sigint_means_cancel`: SIGINT reaches the child as SIGTERM (ray.cancel interrupts a
         running task as SIGINT would; a job is cancelled with SIGTERM everywhere).
         """
@@ -77,7 +74,6 @@ class TaskCommand:
                         env=env,
                         stdout=out,
                         stderr=err,
-                        preexec_fn=_terminated_with_parent() if stop_with_this_process else None,
                     )
             return wait_running_handlers(child, parent_pid=scheduler_parent)
         finally:
@@ -98,9 +94,10 @@ def wait_running_handlers(child: subprocess.Popen[bytes], parent_pid: int | None
 
     A plain wait sits in waitpid(), which only a signal delivered to the main thread
     interrupts. The kernel may deliver a process-wide signal to any thread that does not
-    block it -- submitit imports numpy, whose BLAS threads block nothing -- and then the Python
-    handler would not run (nor forward the scheduler's warning) until the child ended on its
-    own. Popen.wait with a timeout polls, returning to the interpreter between polls.
+    block it -- submitit imports numpy, whose BLAS threads block nothing; a Ray worker has
+    many threads -- and then the Python handler would not run (nor forward the scheduler's
+    warning) until the child ended on its own. So the wait returns to the interpreter every
+    HANDLER_LATENCY_S: on the child's pidfd (woken the moment it exits), else by polling.
 
     Let go: this task's parent (`parent_pid`, the batch shell a scheduler started) is gone.
     PBS ends a job when its top shell dies -- SIGTERM at the walltime or on qdel kills it at
@@ -108,37 +105,45 @@ def wait_running_handlers(child: subprocess.Popen[bytes], parent_pid: int | None
     The child has had SIGTERM; it gets ORPHAN_GRACE_S to checkpoint and exit, then SIGKILL.
     """
     orphaned_at: float | None = None
-    while True:
+    pidfd = _pidfd(child)
+    try:
+        while True:
+            code = _exit_status_within(child, pidfd, HANDLER_LATENCY_S)
+            if code is not None:
+                return code
+            if parent_pid is None or os.getppid() == parent_pid:
+                continue
+            if orphaned_at is None:
+                orphaned_at = time.monotonic()
+                child.send_signal(signal.SIGTERM)
+            elif time.monotonic() - orphaned_at > ORPHAN_GRACE_S:
+                child.kill()
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _pidfd(child: subprocess.Popen[bytes]) -> int | None:
+    try:
+        return os.pidfd_open(child.pid)
+    except (AttributeError, OSError):  # an old kernel: poll instead
+        return None
+
+
+def _exit_status_within(
+    child: subprocess.Popen[bytes], pidfd: int | None, timeout_s: float
+) -> int | None:
+    if pidfd is None:
         try:
-            return child.wait(timeout=1.0)
+            return child.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            pass
-        if parent_pid is None or os.getppid() == parent_pid:
-            continue
-        if orphaned_at is None:
-            orphaned_at = time.monotonic()
-            child.send_signal(signal.SIGTERM)
-        elif time.monotonic() - orphaned_at > ORPHAN_GRACE_S:
-            child.kill()
+            return None
+    select.select([pidfd], [], [], timeout_s)
+    return child.poll()
 
 
+HANDLER_LATENCY_S = 0.05
 ORPHAN_GRACE_S = 10.0  # as PBS's default kill_delay
-_PR_SET_PDEATHSIG = 1
-
-
-def _terminated_with_parent() -> Callable[[], None]:
-    """A preexec_fn: the child gets SIGTERM when the process that starts it dies."""
-    import ctypes  # here: a PBS subjob that does not need it starts faster
-
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child must not import
-    parent = os.getpid()
-
-    def setup() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return setup
 
 
 def granted_cpus(*variables: str) -> int | None:
