@@ -9,6 +9,7 @@ workers, as a lost machine would.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -192,3 +193,31 @@ def test_a_running_cluster_is_joined_by_each_kind_of_address(
     for job_dir in job_dirs(run):
         [attempt] = attempts(job_dir)
         assert (attempt["backend"], attempt["exit_reason"]) == ("ray", "completed")
+
+
+def test_affvx_cancel_stops_the_ray_tasks_and_leaves_jobs_cancelled_or_complete(
+    small_store: Path, tmp_path: Path, cli
+) -> None:
+    run = tmp_path / "run"
+    launcher = affvx(*grid(small_store, run, "--backend", "ray"))
+    victim, _ = wait_until(lambda: running_with_checkpoint(run), what="a running job")[0]
+    assert cli("cancel", run).exit_code == 0
+    out, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1, err  # not every job complete
+    status = json.loads(cli("status", run, "--json").stdout)
+    assert set(status["counts"]) <= {"COMPLETE", "CANCELLED"} and "CANCELLED" in status["counts"]
+    # the running job was told (SIGTERM through its task), checkpointed, and is resumable
+    assert attempts(victim)[-1]["exit_reason"] in ("cancelled", "completed")
+    assert not live_workers(run)
+
+
+def live_workers(run: Path) -> list[int]:
+    """Pids of worker processes of `run` still alive."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (entry / "cmdline").read_bytes()
+                if b"affvx.orchestrator.worker" in cmdline and str(run).encode() in cmdline:
+                    alive.append(int(entry.name))
+    return alive
