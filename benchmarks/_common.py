@@ -94,3 +94,37 @@ def trivial_tasks_through(backend, work: Path, n: int) -> float:  # type: ignore
     while any(s.status.is_active() for s in backend.poll(ids).values()):
         time.sleep(0.5)
     return time.perf_counter() - started
+
+
+def demo_grid_against_local(
+    backend_args: list[str], local_run: Path
+) -> tuple[float, int, int, str]:
+    """Run the README's demo grid with `backend_args` (`--backend pbs ...`) in a scratch run and
+    compare its report with the local run's: (launch seconds, report files equal, report
+    files, `affvx collect`'s summary)."""
+    import subprocess
+    import tempfile
+
+    from tests.support.runs import report_files
+
+    with tempfile.TemporaryDirectory() as scratch:
+        run = Path(scratch) / "run"
+        grid = ("launch", "--folds", "6", "--emotions", "valence,arousal", "--run", str(run))
+        started = time.perf_counter()
+        subprocess.run(affvx_command(*grid, *backend_args), check=True)
+        launch_s = time.perf_counter() - started
+        summary = subprocess.run(
+            affvx_command("collect", str(run)), check=True, capture_output=True, text=True
+        ).stdout
+        if not (local_run / "report").exists():
+            subprocess.run(affvx_command("collect", str(local_run)), check=True)
+        theirs, local_files = report_files(run), report_files(local_run)
+    same = sum(theirs.get(name) == local_files[name] for name in local_files)
+    return launch_s, same, len(local_files), summary
+
+
+def demo_grid_table(backend: str, launch_s: float, same: int, total: int) -> str:
+    return markdown_table(
+        ["backend", "`affvx launch` wall time", "report files equal to the local run's"],
+        [[backend, f"{launch_s / 60:.0f} min {launch_s % 60:.0f} s", f"{same} of {total}"]],
+    )

@@ -122,9 +122,8 @@ class BackendOption:
                 return value
             return self.kind(text)
         except ValueError:
-            raise ClusterError(
-                f"{self.name}={text!r}: expected {self.kind.__name__} ({self.help})"
-            ) from None
+            expected = "a JSON object" if self.kind is dict else self.kind.__name__
+            raise ClusterError(f"{self.name}={text!r}: expected {expected} ({self.help})") from None
 
     def check(self, value: Any, label: str = "") -> Any:
         """`value` (from TOML or a flag) if it has this option's type and range; ClusterError

@@ -254,3 +254,28 @@ def test_a_duration_in_the_file_is_saved_as_minutes(small_store: Path, tmp_path:
         flags={}, config_file=config, saved={"resources": {"time_limit_min": 5}}
     )
     assert again.resources.time_limit_min == 90.0
+
+
+@pytest.mark.parametrize(
+    "body, needles",
+    [
+        ('[backend.ray]\nresources = ["oops"]', ("resources 'oops': write NAME=AMOUNT",)),
+        ('[backend.ray]\nruntime_env = "x"', ("runtime_env = 'x'", "expected a table")),
+        ("[backend.ray]\nnum_gpus = -0.5", ("num_gpus = -0.5: give at least 0",)),
+    ],
+)
+def test_a_wrong_ray_setting_is_one_line(
+    small_store: Path, tmp_path: Path, cli, body: str, needles: tuple[str, ...]
+) -> None:
+    result = launch_with(cli, tmp_path, small_store, body, "--backend", "ray")
+    assert_refused(result, *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_runtime_env_flag_that_is_no_json_object_is_one_line(
+    small_store: Path, tmp_path: Path, cli
+) -> None:
+    result = launch_with(
+        cli, tmp_path, small_store, "", "--backend", "ray", "--backend-option", "runtime_env=[1]"
+    )
+    assert_refused(result, "runtime_env='[1]': expected a JSON object")
