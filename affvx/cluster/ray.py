@@ -48,6 +48,7 @@ from affvx.cluster.task import TaskCommand
 LOCAL = "127.0.0.1"
 COALESCE_S = 0.2
 _PENDING = SchedulerState(JobStatus.PENDING)
+_remote_function: Any = None  # ray.remote(run_ray_task), made when first needed
 
 
 def run_ray_task(task: TaskCommand, cpus: int) -> int:
@@ -141,7 +142,7 @@ class RayBackend(Backend):
         self.num_cpus = num_cpus
         self.dashboard = dashboard
         self.cancel_grace_s = cancel_grace_s
-        self._refs: dict[str, Any] = {}  # task id -> ObjectRef of its exit status
+        self._running: dict[str, Any] = {}  # task id -> ObjectRef of its exit status
         self._ended: dict[str, SchedulerState] = {}
         self._cancelled: dict[str, float | None] = {}  # task id -> when cancel was asked
         self._connected = False
@@ -158,25 +159,25 @@ class RayBackend(Backend):
                 self._task(request), request.resources.cpus
             )
             task_id = ref.task_id().hex()
-            self._refs[task_id] = ref
+            self._running[task_id] = ref
             ids.append(task_id)
         return ids
 
     def poll(self, ids: list[str]) -> dict[str, SchedulerState]:
         self._force_overdue_cancels()
-        waiting = [self._refs[i] for i in ids if i in self._refs and i not in self._ended]
+        waiting = [self._running[i] for i in ids if i in self._running]
         if waiting:
             import ray
 
             ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0, fetch_local=True)
-            for ref in ready:
-                task_id = ref.task_id().hex()
-                self._ended[task_id] = self._outcome(task_id, ref)
+            for task_id, state in self._outcomes(ready).items():
+                self._ended[task_id] = state
+                del self._running[task_id]  # its result is read: Ray may free it
         states = {}
         for task_id in ids:
             if task_id in self._ended:
                 states[task_id] = self._ended[task_id]
-            elif task_id in self._refs:
+            elif task_id in self._running:
                 # Ray does not say cheaply whether a task has started; the job's files do
                 states[task_id] = _PENDING
             else:
@@ -189,8 +190,8 @@ class RayBackend(Backend):
         import ray
 
         for task_id in ids:
-            ref = self._refs.get(task_id)
-            if ref is None or task_id in self._ended or task_id in self._cancelled:
+            ref = self._running.get(task_id)
+            if ref is None or task_id in self._cancelled:
                 continue
             self._cancelled[task_id] = time.monotonic()
             ray.cancel(ref, force=False)
@@ -200,19 +201,16 @@ class RayBackend(Backend):
 
         now = time.monotonic()
         for task_id, asked in list(self._cancelled.items()):
-            if (
-                task_id not in self._ended
-                and asked is not None
-                and now - asked > self.cancel_grace_s
-            ):
+            overdue = asked is not None and now - asked > self.cancel_grace_s
+            if overdue and task_id in self._running:
                 self._cancelled[task_id] = None  # forced once
-                ray.cancel(self._refs[task_id], force=True)
+                ray.cancel(self._running[task_id], force=True)
 
     def wait(self, timeout_s: float) -> None:
         """Return once one of this driver's tasks has ended (gathering the others that end
         within COALESCE_S, so that a thousand short jobs wake the driver a few times a
         second, not a thousand times), at the latest after `timeout_s`."""
-        waiting = [ref for i, ref in self._refs.items() if i not in self._ended]
+        waiting = list(self._running.values())
         if not waiting:
             super().wait(timeout_s)
             return
@@ -282,9 +280,12 @@ class RayBackend(Backend):
 
     def _remote_task(self) -> Any:
         self._connect()
-        import ray
+        global _remote_function
+        if _remote_function is None:  # one per process: Ray exports a function once
+            import ray
 
-        return ray.remote(run_ray_task)
+            _remote_function = ray.remote(run_ray_task)
+        return _remote_function
 
     def _connect(self) -> None:
         import logging
@@ -314,10 +315,26 @@ class RayBackend(Backend):
             ) from None
         self._connected = True
 
-    def _outcome(self, task_id: str, ref: Any) -> SchedulerState:
+    def _outcomes(self, ready: list[Any]) -> dict[str, SchedulerState]:
+        """How the tasks of `ready` ended, by task id (one `ray.get` for all when none
+        failed, which is the common case)."""
         import ray
         from ray import exceptions
 
+        try:
+            codes = ray.get(ready, timeout=0)
+        except exceptions.RayError:
+            return {ref.task_id().hex(): self._outcome(ref) for ref in ready}
+        return {
+            ref.task_id().hex(): self._exited(ref.task_id().hex(), code)
+            for ref, code in zip(ready, codes)
+        }
+
+    def _outcome(self, ref: Any) -> SchedulerState:
+        import ray
+        from ray import exceptions
+
+        task_id = ref.task_id().hex()
         try:
             code = ray.get(ref, timeout=0)
         except (exceptions.TaskCancelledError, exceptions.WorkerCrashedError) as error:
@@ -326,6 +343,9 @@ class RayBackend(Backend):
             return SchedulerState(JobStatus.UNKNOWN, reason=_first_line(error))
         except exceptions.RayError as error:  # its node died, its worker died, retries spent
             return SchedulerState(JobStatus.UNKNOWN, reason=_first_line(error))
+        return self._exited(task_id, code)
+
+    def _exited(self, task_id: str, code: int) -> SchedulerState:
         if task_id in self._cancelled and code != 0:
             return SchedulerState(JobStatus.CANCELLED, exit_code=code, reason="cancelled")
         return SchedulerState(JobStatus.EXITED, exit_code=code)
