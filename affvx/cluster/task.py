@@ -77,8 +77,8 @@ class TaskCommand:
                     )
             return wait_running_handlers(child, parent_pid=scheduler_parent)
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            for signum, handler in previous.items():  # None: a handler set outside Python
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
     def _environment(self, environment: JobEnvironment, elapsed_s: float) -> dict[str, str]:
         env = dict(os.environ)

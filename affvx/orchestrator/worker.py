@@ -175,7 +175,8 @@ def _wait_for_lock(fd: int, wait_s: float) -> bool:
 
 
 def _older_worker_here(files: JobFiles) -> int | None:
-    """The pid of the attempt state.json names, if it runs on this host and is a worker."""
+    """The pid of the attempt state.json names, if it runs on this host and is this job's
+    worker (not a process that got its pid since)."""
     older = files.state() or {}
     pid = older.get("pid")
     if older.get("node") != socket.gethostname() or not isinstance(pid, int):
@@ -184,7 +185,9 @@ def _older_worker_here(files: JobFiles) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return None
-    return pid if b"affvx.orchestrator.worker" in cmdline else None
+    argv = cmdline.split(b"\0")
+    is_this_job = b"affvx.orchestrator.worker" in argv and files.path.name.encode() in argv
+    return pid if is_this_job else None
 
 
 def _ask_to_stand_down(files: JobFiles) -> None:
