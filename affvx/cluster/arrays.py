@@ -126,13 +126,7 @@ class SubmititArrayBackend(Backend):
         resources = dataclasses.replace(
             request.resources, time_limit_min=self.time_limit_min(request.resources)
         )
-        return TaskCommand(
-            command=request.command,
-            workdir=str(request.workdir),
-            env=request.env,
-            log_dir=str(request.log_dir),
-            time_limit_s=job_time_limit_s(resources, self.warning_s),
-        )
+        return TaskCommand.for_request(request, job_time_limit_s(resources, self.warning_s))
 
     def time_limit_min(self, resources: Resources) -> float:
         return resources.time_limit_min or self.default_time_min

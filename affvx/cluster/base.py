@@ -123,7 +123,9 @@ class BackendOption:
             return self.kind(text)
         except ValueError:
             expected = "a JSON object" if self.kind is dict else self.kind.__name__
-            raise ClusterError(f"{self.name}={text!r}: expected {expected} ({self.help})") from None
+            raise ClusterError(
+                f"{self.name}={text!r}: expected {expected} ({self.help})"
+            ) from None
 
     def check(self, value: Any, label: str = "") -> Any:
         """`value` (from TOML or a flag) if it has this option's type and range; ClusterError

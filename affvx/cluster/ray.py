@@ -155,9 +155,8 @@ class RayBackend(Backend):
         remote = self._remote_task()
         ids = []
         for request in requests:
-            ref = remote.options(**self.task_options(request)).remote(
-                self._task(request), request.resources.cpus
-            )
+            task = TaskCommand.for_request(request, job_time_limit_s(request.resources, 0.0))
+            ref = remote.options(**self.task_options(request)).remote(task, request.resources.cpus)
             task_id = ref.task_id().hex()
             self._running[task_id] = ref
             ids.append(task_id)
@@ -269,15 +268,6 @@ class RayBackend(Backend):
             options["runtime_env"] = dict(self.runtime_env)
         return options
 
-    def _task(self, request: JobRequest) -> TaskCommand:
-        return TaskCommand(
-            command=request.command,
-            workdir=str(request.workdir),
-            env=request.env,
-            log_dir=str(request.log_dir),
-            time_limit_s=job_time_limit_s(request.resources, 0.0),
-        )
-
     def _remote_task(self) -> Any:
         self._connect()
         global _remote_function
@@ -325,10 +315,8 @@ class RayBackend(Backend):
             codes = ray.get(ready, timeout=0)
         except exceptions.RayError:
             return {ref.task_id().hex(): self._outcome(ref) for ref in ready}
-        return {
-            ref.task_id().hex(): self._exited(ref.task_id().hex(), code)
-            for ref, code in zip(ready, codes)
-        }
+        task_ids = [ref.task_id().hex() for ref in ready]
+        return {task_id: self._exited(task_id, code) for task_id, code in zip(task_ids, codes)}
 
     def _outcome(self, ref: Any) -> SchedulerState:
         import ray

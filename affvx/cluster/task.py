@@ -16,9 +16,12 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from affvx.protocol import STOP_SIGNALS, JobEnvironment, stop_signals_blocked
+
+if TYPE_CHECKING:
+    from affvx.cluster.base import JobRequest
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,17 @@ class TaskCommand:
     env: tuple[tuple[str, str], ...]
     log_dir: str
     time_limit_s: float | None = None
+
+    @classmethod
+    def for_request(cls, request: JobRequest, time_limit_s: float | None) -> TaskCommand:
+        """The task that runs `request`, with the job's limit from the task's start."""
+        return cls(
+            command=request.command,
+            workdir=str(request.workdir),
+            env=request.env,
+            log_dir=str(request.log_dir),
+            time_limit_s=time_limit_s,
+        )
 
     def run(
         self,

@@ -9,6 +9,8 @@
       heartbeat         touched every few seconds while an attempt runs
       progress.json     epoch, batches, best validation CCC (the trainer's progress)
       result.json       the trainer's result: its presence alone means COMPLETE
+      attempt.lock      flock'ed by the running attempt; stand-down: a newer attempt asks
+                        the running one to checkpoint and go (affvx.orchestrator.worker)
 
 Each file has one writer at a time; every write is atomic. The state is derived from the
 files, never stored twice: a job with result.json is COMPLETE whatever else says.

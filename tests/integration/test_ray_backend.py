@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from affvx.cluster.base import JobStatus
 from affvx.cluster.ray import RayBackend
 from tests.support.backend_suite import BackendConformance, python_job
 
@@ -35,23 +34,27 @@ class TestRayConformance(BackendConformance):
 def test_a_worker_keeps_its_signal_handlers_after_a_task(
     ray_instance: RayBackend, tmp_path: Path
 ) -> None:
-    """Ray reuses a worker for the next task: the shim must give back the handlers it took."""
+    """Ray reuses a worker for the next task: the shim must give back the handlers it took.
+    The job and the check run in one task, so in one worker."""
     import ray
 
-    backend = RayBackend()
-    [job_id] = backend.submit([python_job(tmp_path, "first", "pass")])
-    BackendConformance().wait_for(
-        backend, [job_id], lambda s: s[job_id].status is JobStatus.EXITED
-    )
+    from affvx.cluster.ray import run_ray_task
+    from affvx.cluster.task import TaskCommand
 
     @ray.remote(num_cpus=1)
-    def sigterm_handler() -> str:
+    def handlers_around_a_job(task: TaskCommand) -> tuple[list[str], int, list[str]]:
         import signal
 
-        return repr(signal.getsignal(signal.SIGTERM))
+        def handlers() -> list[str]:
+            return [repr(signal.getsignal(s)) for s in (signal.SIGTERM, signal.SIGINT)]
 
-    before = ray.get(sigterm_handler.remote())
-    assert "forward" not in before
+        before = handlers()
+        code = run_ray_task(task, 1)
+        return before, code, handlers()
+
+    job = python_job(tmp_path, "first", "pass")
+    before, code, after = ray.get(handlers_around_a_job.remote(TaskCommand.for_request(job, None)))
+    assert code == 0 and after == before
 
 
 def test_a_fraction_of_a_gpu_and_extra_resources_reach_ray(tmp_path: Path) -> None:
