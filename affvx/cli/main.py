@@ -7,7 +7,7 @@ import sys
 import typer
 
 from affvx import __version__
-from affvx.cli import cancel, collect, data, folds, launch, status, train
+from affvx.cli import cancel, collect, data, folds, launch, status, train, tune
 from affvx.cli._errors import JOB_ERRORS, USER_ERRORS, print_error
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(data.app, name="data")
 app.command("folds")(folds.folds_command)
 app.command("train")(train.train_command)
 app.command("launch")(launch.launch_command)
+app.command("tune")(tune.tune_command)
 app.command("status")(status.status_command)
 app.command("collect")(collect.collect_command)
 app.command("cancel")(cancel.cancel_command)

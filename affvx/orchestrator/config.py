@@ -58,6 +58,7 @@ from affvx.cluster.errors import ClusterError
 from affvx.cluster.registry import backend_class, backend_names
 from affvx.orchestrator.errors import ConfigError
 from affvx.orchestrator.folds import PROTOCOLS
+from affvx.orchestrator.space import EXECUTION_KEYS, TuneConfig
 from affvx.trainers.spec import EMOTIONS, MODELS, TRAINING_FIELDS, ModelConfig, TrainSpec
 
 EMOTION_TARGETS = (*EMOTIONS, "both")
@@ -113,12 +114,16 @@ class ExperimentConfig:
     resources: Resources = field(default_factory=Resources)
     backend: BackendConfig = field(default_factory=BackendConfig)
     recorded_store: str | None = None  # None: the store is at the path it was recorded with
+    tune: TuneConfig | None = None  # set for a tuning run (affvx tune)
 
     def experiment_part(self) -> dict[str, Any]:
-        """The settings that decide results (everything but resources and backend)."""
+        """The settings that decide results (everything but resources, backend, and the
+        tuning budget and concurrency)."""
         data = to_dict(self)
         for section in EXECUTION_SECTIONS:
             data.pop(section)
+        for key in EXECUTION_KEYS:
+            (data.get("tune") or {}).pop(key, None)
         return data
 
 
@@ -177,6 +182,10 @@ def build_config(data: dict[str, Any], source: str = "configuration") -> Experim
     options = {k: backend.pop(k) for k in list(backend) if isinstance(backend[k], dict)}
     _check_keys(backend, BackendConfig, source, "[backend] ", exclude=("options",))
     values["backend"] = _typed(BackendConfig, {**backend, "options": options}, "[backend]")
+    if data.get("tune") is not None:
+        tune = _table(data.pop("tune"), "tune", source)
+        _check_keys(tune, TuneConfig, source, "[tune] ")
+        values["tune"] = _typed(TuneConfig, tune, "[tune]")
     if "modalities" in data:
         data["modalities"] = modality_sets(data["modalities"], source)
     if "emotions" in data:

@@ -29,6 +29,7 @@ from affvx.orchestrator.ledger import JobFiles, JobState, JobView, view_job
 from affvx.orchestrator.plan import PlannedJob, plan_jobs
 from affvx.orchestrator.pool import JobPool
 from affvx.orchestrator.rundir import RunDir, new_run_path, newest_run
+from affvx.orchestrator.space import TuneConfig, resolved_tune
 from affvx.storage.reader import FeatureStore
 
 VIEWS_INTERVAL_S = 2.0
@@ -94,11 +95,14 @@ def prepare(
     note: Callable[[str], None],
     backend_flags: Mapping[str, Any] | None = None,
     backend_option_texts: Sequence[str] = (),
+    tuning: bool = False,
 ) -> Plan:
     """Resolve the configuration, the run directory and the plan (nothing is written).
 
     `backend_flags` are the launch flags a backend declares (`{"--partition": "gpu"}`) and
     `backend_option_texts` the `--backend-option NAME=VALUE` texts, both for the chosen backend.
+    With `tuning` (affvx tune) the configuration gets its [tune] settings, checked, and the
+    plan no jobs: a tuning run's jobs are its candidates' (affvx.orchestrator.tune).
     """
     if run_path is None and resume:
         run_path = newest_run()
@@ -109,9 +113,11 @@ def prepare(
         )
     existing = run.exists()
     if existing:
+        _check_same_command(run, tuning)
         config = resolve_config(
             flags=flags, config_file=config_file, saved=run.saved_config_data()
         )
+        config = _with_tuning(config, tuning)
         given = config.store if config.store != run.saved_config.store else None
         config = run.with_store(config, run.locate_store(given))
         run.check_same_experiment(config)
@@ -122,7 +128,7 @@ def prepare(
             flags = {**flags, "store": str(ensure_demo_store(note))}
         if flags.get("store") is not None:
             flags = {**flags, "store": str(Path(flags["store"]).resolve())}
-        config = resolve_config(flags=flags, config_file=config_file)
+        config = _with_tuning(resolve_config(flags=flags, config_file=config_file), tuning)
     config = with_backend_options(config, backend_flags, backend_option_texts)
     store = FeatureStore(config.store)
     for modalities in config.modalities:
@@ -136,7 +142,7 @@ def prepare(
         if existing
         else make_folds(store_trials(store), config.protocol, config.folds, config.fold_seed)
     )
-    jobs = plan_jobs(config, folds, store.fingerprint)
+    jobs = [] if tuning else plan_jobs(config, folds, store.fingerprint)
     if existing:
         saved = {job.job_id: job.config_hash for job in run.jobs}
         changed = [job.job_id for job in jobs if saved.get(job.job_id) != job.config_hash]
@@ -146,6 +152,28 @@ def prepare(
                 "experiment changed); start a new run with --run NEW_DIR"
             )
     return Plan(run=run, config=config, folds=folds, jobs=jobs, existing=existing)
+
+
+def _with_tuning(config: ExperimentConfig, tuning: bool) -> ExperimentConfig:
+    """A tuning run's configuration has its [tune] settings resolved; a launch's none."""
+    if not tuning:
+        return dataclasses.replace(config, tune=None)
+    return dataclasses.replace(
+        config, tune=resolved_tune(config.tune or TuneConfig(), config.model.name)
+    )
+
+
+def _check_same_command(run: RunDir, tuning: bool) -> None:
+    was_tuning = "tune" in run.saved_config_data()
+    if was_tuning and not tuning:
+        raise ConfigError(
+            f"{run.path} is a tuning run: continue it with `affvx tune --resume --run {run.path}`"
+        )
+    if tuning and not was_tuning:
+        raise ConfigError(
+            f"{run.path} is a run of `affvx launch`, not a tuning run: continue it with "
+            "`affvx launch --resume`, or tune in a new run (--run NEW_DIR)"
+        )
 
 
 def _file_keys(path: Path) -> set[str]:

@@ -10,6 +10,7 @@ another experiment and is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -43,7 +44,9 @@ def plan_schema() -> Any:
 @dataclass(frozen=True)
 class PlannedJob:
     """One cell of the grid. `emotion` is valence, arousal or both (multi-task);
-    `candidate` is the tuning trial's number (None outside tuning)."""
+    `candidate` is the tuning trial's number (None outside tuning) and `params` that
+    trial's hyperparameters, which override the experiment's [training] and [model] for
+    this job alone (part of its configuration hash)."""
 
     job_id: str
     fold: int
@@ -53,6 +56,7 @@ class PlannedJob:
     model: str
     config_hash: str
     candidate: int | None = None
+    params: tuple[tuple[str, Any], ...] = ()
 
     @property
     def modality_set(self) -> str:
@@ -92,11 +96,8 @@ def job_id_of(
     return cell if candidate is None else f"{cell}-cand{candidate}"
 
 
-def plan_jobs(
-    config: ExperimentConfig, folds: FoldTable, store_fingerprint: str
-) -> list[PlannedJob]:
-    """Every job of the grid, ordered by emotion, modality set, fold, seed."""
-    experiment = hashlib.sha256(
+def _experiment_digest(config: ExperimentConfig, folds: FoldTable, store_fingerprint: str) -> Any:
+    return hashlib.sha256(
         json.dumps(
             {
                 "experiment": config.experiment_part(),
@@ -106,6 +107,13 @@ def plan_jobs(
             sort_keys=True,
         ).encode()
     )
+
+
+def plan_jobs(
+    config: ExperimentConfig, folds: FoldTable, store_fingerprint: str
+) -> list[PlannedJob]:
+    """Every job of the grid, ordered by emotion, modality set, fold, seed."""
+    experiment = _experiment_digest(config, folds, store_fingerprint)
     jobs = []
     for emotion in config.emotions:
         for modalities in config.modalities:
@@ -128,6 +136,53 @@ def plan_jobs(
     return jobs
 
 
+def plan_candidate_jobs(
+    config: ExperimentConfig,
+    folds: FoldTable,
+    store_fingerprint: str,
+    cell: tuple[str, tuple[str, ...]],
+    candidate: int,
+    params: dict[str, Any],
+) -> list[PlannedJob]:
+    """The fold jobs (x seeds) of one tuning candidate of the cell (emotion, modality set),
+    with its parameters, ordered by fold and seed."""
+    emotion, modalities = cell
+    experiment = _experiment_digest(config, folds, store_fingerprint)
+    experiment.update(json.dumps(params, sort_keys=True).encode())
+    jobs = []
+    for fold in range(len(folds.folds)):
+        for seed in config.seeds:
+            job_id = job_id_of(emotion, modalities, fold, seed, candidate)
+            digest = experiment.copy()
+            digest.update(job_id.encode())
+            jobs.append(
+                PlannedJob(
+                    job_id=job_id,
+                    fold=fold,
+                    emotion=emotion,
+                    modalities=modalities,
+                    seed=seed,
+                    model=config.model.name,
+                    config_hash=digest.hexdigest()[:16],
+                    candidate=candidate,
+                    params=tuple(sorted(params.items())),
+                )
+            )
+    return jobs
+
+
+def with_params(config: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
+    """`config` with a tuning candidate's parameters in [training] and [model]."""
+    from affvx.orchestrator.space import sections_of
+
+    sections = sections_of(params)
+    return dataclasses.replace(
+        config,
+        training=dataclasses.replace(config.training, **sections.get("training", {})),
+        model=dataclasses.replace(config.model, **sections.get("model", {})),
+    )
+
+
 def spec_for(
     config: ExperimentConfig,
     folds: FoldTable,
@@ -137,7 +192,9 @@ def spec_for(
     time_limit_s: float | None = None,
     device: str = "auto",
 ) -> TrainSpec:
-    """The trainer's spec for one job of the grid."""
+    """The trainer's spec for one job of the grid (with its candidate's parameters)."""
+    if job.params:
+        config = with_params(config, dict(job.params))
     fold = folds.fold(job.fold)
     emotions = ("valence", "arousal") if job.emotion == "both" else (job.emotion,)
     return TrainSpec(

@@ -10,6 +10,10 @@ or collect it, and the process that launched it can die at any time.
       driver.json        the process following the run, while one does
       cancel.request     touched by `affvx cancel`: a live driver stops the cancelled jobs
       jobs/<job_id>/     one directory per job (affvx.orchestrator.ledger)
+      tuning/            a tuning run's (affvx tune): journal.log, Optuna's journal (unless
+                         experiment.toml names a database), and candidates/<cell>-cand<N>.json,
+                         one per trial asked: its parameters and fold jobs (written before
+                         they are submitted, never changed)
       report/            what `affvx collect` writes
 """
 
@@ -20,6 +24,7 @@ import datetime as dt
 import json
 import os
 import socket
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,45 @@ from affvx.storage.format import read_fingerprint
 RUNS_DIR = Path("runs")
 
 
+@dataclass(frozen=True)
+class CandidateRecord:
+    """One tuning candidate (Optuna trial `candidate` of the cell's study `study`): its
+    parameters and its jobs, in the order they were submitted (folds shuffled per trial)."""
+
+    study: str
+    emotion: str
+    modalities: tuple[str, ...]
+    candidate: int
+    params: dict[str, Any]
+    jobs: list[PlannedJob]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study": self.study,
+            "emotion": self.emotion,
+            "modalities": list(self.modalities),
+            "candidate": self.candidate,
+            "params": self.params,
+            "jobs": [job.row() for job in self.jobs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CandidateRecord:
+        params = dict(data["params"])
+        jobs = [
+            dataclasses.replace(PlannedJob.from_row(row), params=tuple(sorted(params.items())))
+            for row in data["jobs"]
+        ]
+        return cls(
+            study=data["study"],
+            emotion=data["emotion"],
+            modalities=tuple(data["modalities"]),
+            candidate=int(data["candidate"]),
+            params=params,
+            jobs=jobs,
+        )
+
+
 class RunDir:
     """Paths and the write-once files of one run directory.
 
@@ -58,6 +102,8 @@ class RunDir:
         self.cancel_request_file = self.path / "cancel.request"
         self.jobs_dir = self.path / "jobs"
         self.report_dir = self.path / "report"
+        self.tuning_dir = self.path / "tuning"
+        self.candidates_dir = self.tuning_dir / "candidates"
 
     def exists(self) -> bool:
         return self.experiment_file.exists()
@@ -116,10 +162,43 @@ class RunDir:
             ).to_pylist()
             for name in PLAN_COLUMNS
         }
-        return [
+        planned = [
             PlannedJob.from_row({k: columns[k][i] for k in PLAN_COLUMNS})
             for i in range(table.num_rows)
         ]
+        return planned + [job for record in self.candidates() for job in record.jobs]
+
+    # -- tuning candidates --------------------------------------------------------------------
+
+    def candidate_file(self, emotion: str, modalities: tuple[str, ...], candidate: int) -> Path:
+        return self.candidates_dir / f"{emotion}-{'+'.join(modalities)}-cand{candidate}.json"
+
+    def write_candidate(self, record: CandidateRecord) -> None:
+        """Record a tuning candidate (once: an existing record is kept as it is)."""
+        path = self.candidate_file(record.emotion, record.modalities, record.candidate)
+        if path.exists():
+            return
+        self.candidates_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record.to_json())
+
+    def candidate(
+        self, emotion: str, modalities: tuple[str, ...], candidate: int
+    ) -> CandidateRecord | None:
+        path = self.candidate_file(emotion, modalities, candidate)
+        try:
+            return CandidateRecord.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def candidates(self) -> list[CandidateRecord]:
+        """Every tuning candidate recorded, by cell and number."""
+        if not self.candidates_dir.is_dir():
+            return []
+        records = [
+            CandidateRecord.from_json(json.loads(path.read_text()))
+            for path in self.candidates_dir.glob("*.json")
+        ]
+        return sorted(records, key=lambda r: (r.emotion, r.modalities, r.candidate))
 
     def job(self, job_id: str) -> PlannedJob:
         for job in self.jobs:
