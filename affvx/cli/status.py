@@ -17,7 +17,8 @@ def status_command(
         False, "--watch", help="Refresh every 2 s until every job is finished."
     ),
 ) -> None:
-    """Show every job: state, epoch, best validation CCC, attempts, elapsed time, scheduler id.
+    """Show every job: state, epoch, best validation CCC, attempts, elapsed time, scheduler id;
+    for a tuning run also every trial: state, parameters, folds done, running mean CCC.
 
     Example: `affvx status --json` (the newest run; or give its directory, runs/<timestamp>)
     """
@@ -26,12 +27,30 @@ def status_command(
 
     path = run or newest_run()
     if as_json:
-        print_json(run_status(path).to_json())
+        data = run_status(path).to_json()
+        trials = _trial_rows(path)
+        if trials is not None:
+            data["trials"] = [row.to_json() for row in trials]
+        print_json(data)
         return
     if watch:
         _watch(path)
         return
     _render(run_status(path))
+    trials = _trial_rows(path)
+    if trials is not None:
+        from affvx.cli.tune import trials_table
+
+        stdout.print(trials_table(trials))
+
+
+def _trial_rows(path: Path):  # type: ignore[no-untyped-def]
+    """A tuning run's trials (None for a launch run)."""
+    from affvx.orchestrator.rundir import RunDir
+    from affvx.orchestrator.tune_report import is_tuning_run, trial_rows
+
+    run = RunDir.open(path)
+    return trial_rows(run) if is_tuning_run(run) else None
 
 
 def _render(status) -> None:  # type: ignore[no-untyped-def]

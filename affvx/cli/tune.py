@@ -213,10 +213,7 @@ def _print_bests(outcome: Any) -> None:
         if study.best_number is None:
             table.add_row(study.study, counts, "-", "-", "")
             continue
-        params = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in study.best_params.items()
-        )
+        params = _params_text(study.best_params)
         table.add_row(
             study.study, counts, str(study.best_number), f"{study.best_value:.4f}", params
         )
@@ -224,4 +221,31 @@ def _print_bests(outcome: Any) -> None:
     note(
         f"details: `affvx status {outcome.run.path}`; trials.csv, best_params.toml and plots: "
         f"`affvx collect {outcome.run.path}`"
+    )
+
+
+def trials_table(rows: list[Any]) -> Any:
+    """One row per trial of a tuning run (`affvx status`)."""
+    from rich.table import Table
+
+    table = Table(title="trials", title_justify="left")
+    for column in ("study", "trial", "state", "folds", "mean CCC", "parameters", "note"):
+        table.add_column(column)
+    for row in rows:
+        mean = "" if row.mean_ccc is None else f"{row.mean_ccc:.4f}"
+        table.add_row(
+            row.study,
+            str(row.trial),
+            row.state,
+            f"{row.folds_done}/{row.folds}",
+            mean,
+            _params_text(row.params),
+            row.reason[:50],
+        )
+    return table
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
     )

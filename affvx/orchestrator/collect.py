@@ -10,6 +10,9 @@
                                  every test trial: the fold ensemble of the best modality set
                                  per emotion, header `valence,arousal`, one line per frame
 
+A tuning run's report is the same over the best trial of each study (its fold jobs), plus
+trials.csv, best_params.toml and Optuna's plots (affvx.orchestrator.tune_report).
+
 With several seeds, a fold's CCC is the mean over its seeds. The sd is over folds (ddof 1).
 """
 
@@ -60,7 +63,12 @@ def collect(
                 f"--smooth {emotion}={width}: give a width >= 1 for valence and/or arousal"
             )
     run = RunDir.open(run_path)
-    jobs = run.jobs
+    jobs, notes = run.jobs, []
+    if run.saved_config.tune is not None:  # a tuning run: the report of each best trial
+        from affvx.orchestrator.tune_report import collect_tuning
+
+        on_step("reading the studies")
+        jobs, notes = collect_tuning(run)
     on_step("reading results")
     results = {job.job_id: JobFiles(run.job_dir(job.job_id)).result() for job in jobs}
     missing = [job.job_id for job in jobs if results[job.job_id] is None]
@@ -77,7 +85,7 @@ def collect(
     write_csv(report_dir / "folds.csv", rows, FOLD_COLUMNS)
     write_csv(report_dir / "summary.csv", summary, SUMMARY_COLUMNS)
     atomic_write_text(report_dir / "summary.md", summary_markdown(run, summary, missing))
-    report = CollectReport(report_dir=report_dir, summary=summary, missing=missing)
+    report = CollectReport(report_dir=report_dir, summary=summary, missing=missing, notes=notes)
     if rows:
         on_step("plotting")
         plot_ccc_by_fold(report_dir / "ccc_by_fold.png", rows)
