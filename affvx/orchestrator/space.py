@@ -74,6 +74,13 @@ class TuneConfig:
 
 def resolved_tune(tune: TuneConfig, model: str) -> TuneConfig:
     """`tune` with its space filled in (the model's default when empty), checked."""
+    if not isinstance(tune.space, dict):
+        raise ConfigError(
+            f"[tune] space = {tune.space!r}: write a table, [tune.space] with lines such as "
+            "lr = {low = 1e-5, high = 1e-2, log = true}"
+        )
+    for name, spec in tune.space.items():
+        check_parameter(name, spec)
     space = tune.space or DEFAULT_SPACES.get(model, DEFAULT_SPACES["tcn"])
     tune = dataclasses.replace(tune, space={name: dict(spec) for name, spec in space.items()})
     check_tune(tune)
