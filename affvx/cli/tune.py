@@ -108,7 +108,7 @@ def tune_command(
     their other fold jobs are cancelled. The space is [tune.space] of --config, or the
     model's default (lr, weight_decay, dropout, window, hidden size).
     Examples: `affvx tune --trials 200 --folds 6 --dry-run` (the plan only);
-    `affvx tune --trials 2 --folds 2 --emotions valence --modalities visual --epochs 1`;
+    `affvx tune --trials 2 --folds 2 --emotions valence --modalities visual --model tcn --epochs 1`;
     `affvx tune --resume` (after a crash: continue the newest run's studies)
     """
     from affvx.orchestrator.tune import tune
