@@ -11,7 +11,7 @@ To stay within minutes on 2 cores every job is small: a 36-trial synthetic corpu
 demo's generator at 3% of the Aff-Wild2 lengths, 16-dimensional visual features, the visual
 modality, a tcn, 6 epochs, valence only.
 
-    python benchmarks/tune_pruning.py [--trials 20] [--epochs 6]
+    python benchmarks/tune_pruning.py [--trials 20] [--epochs 6] [--wilcoxon-p 0.1 0.3]
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ dropout = {low = 0.0, high = 0.5}
 window = {choices = [150, 300, 450]}
 channels = {choices = [32, 64, 128]}
 """
-STUDIES = {  # label -> [tune] settings
-    "no pruner": 'pruner = "none"',
-    "wilcoxon p=0.1 (default)": 'pruner = "wilcoxon"\nwilcoxon_p = 0.1',
-    "wilcoxon p=0.3": 'pruner = "wilcoxon"\nwilcoxon_p = 0.3',
-}
+
+
+def studies(wilcoxon_p: list[float]) -> dict[str, str]:
+    """label -> [tune] settings: no pruner, then the Wilcoxon pruner at each p threshold."""
+    found = {"no pruner": 'pruner = "none"'}
+    for p in wilcoxon_p:
+        found[f"wilcoxon p={p:g}"] = f'pruner = "wilcoxon"\nwilcoxon_p = {p}'
+    return found
 
 
 def grid(store: Path, run: Path, epochs: int) -> list[str]:
@@ -96,6 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument(
+        "--wilcoxon-p",
+        type=float,
+        nargs="+",
+        default=[0.3],
+        help="p thresholds of the pruned studies (affvx's default is 0.1)",
+    )
     args = parser.parse_args()
     from affvx.storage.synth import SynthConfig, make_synthetic_store
 
@@ -113,7 +123,7 @@ def main() -> None:
             capture_output=True,
         )
         subprocess.run(affvx_command("collect", str(default_run)), check=True, capture_output=True)
-        for label, settings in STUDIES.items():
+        for label, settings in studies(args.wilcoxon_p).items():
             config = work / f"{len(figures)}.toml"
             config.write_text(f"[tune]\nsampler_seed = 0\n{settings}\n{SPACE}")
             run = work / f"tune{len(figures)}"
