@@ -17,6 +17,8 @@ and gets back scheduler ids, which it stores in the run directory. The contract:
   `timeout_s` (default: sleep `timeout_s`; the local backend wakes when a child exits).
 - `render(requests)` returns the script(s) `submit` would hand the scheduler, for --dry-run.
 - `close()` releases what the backend holds (the local backend stops its children).
+- `reach()` / `observe(ids, reach)`: how `affvx status`, in another process, learns what the
+  scheduler says of jobs it did not submit (by default: `poll`, where any process can).
 
 What differs between backends is declared, never inferred from a name:
 - `capabilities` (`Capabilities`): whether jobs outlive the submitting process, whether a
@@ -247,6 +249,19 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def render(self, requests: list[JobRequest]) -> list[str]: ...
+
+    def reach(self) -> dict[str, str]:
+        """What another process needs to ask the scheduler about the jobs this instance has
+        submitted (see `observe`); the driver records it in the run directory. Default:
+        nothing (a scheduler any process can poll needs no directions)."""
+        return {}
+
+    def observe(self, ids: list[str], reach: Mapping[str, str]) -> dict[str, SchedulerState]:
+        """What the scheduler says of `ids` to a process that did not submit them (`affvx
+        status` in another shell), given the submitter's `reach`. Default: `poll` where the
+        backend is `pollable_anywhere`, else nothing. Raises ClusterError when the scheduler
+        cannot be asked."""
+        return self.poll(ids) if self.capabilities.pollable_anywhere else {}
 
     def wait(self, timeout_s: float) -> None:
         """Return when a job may have changed state; here: after `timeout_s`."""

@@ -94,11 +94,13 @@ class TaskCommand:
             for signum, handler in previous.items():  # None: a handler set outside Python
                 signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
-    def _environment(self, environment: JobEnvironment, elapsed_s: float) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(self.env)
+    def _environment(self, environment: JobEnvironment, elapsed_s: float) -> dict[bytes, bytes]:
+        # bytes, as the child gets them: Popen would encode every inherited variable again
+        env = dict(os.environb)
         limit = None if self.time_limit_s is None else max(self.time_limit_s - elapsed_s, 0.0)
-        env.update(dataclasses.replace(environment, time_limit_s=limit).to_environ())
+        job = dataclasses.replace(environment, time_limit_s=limit).to_environ()
+        for name, value in (*self.env, *job.items()):
+            env[os.fsencode(name)] = os.fsencode(value)
         return env
 
 

@@ -181,6 +181,7 @@ class JobPool:
             )
             attempts = [t.files.next_attempt() for t in group]
             scheduler_ids = self.backend.submit(requests)
+            first.run.record_scheduler_reach(self.backend.reach())
             for item, attempt, scheduler_id in zip(group, attempts, scheduler_ids):
                 item.files.write_submission(
                     attempt=attempt, backend=self.backend.name, scheduler_id=scheduler_id

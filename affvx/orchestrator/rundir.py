@@ -7,7 +7,7 @@ or collect it, and the process that launched it can die at any time.
                          absolute, and its fingerprint (so a run moved with its store finds it)
       folds.json         the fold table used (written once, never recomputed)
       plan.parquet       one row per job (written once)
-      driver.json        the process following the run, while one does
+      driver.json        the process following the run, while one does (and how to reach its scheduler)
       cancel.request     touched by `affvx cancel`: a live driver stops the cancelled jobs
       jobs/<job_id>/     one directory per job (affvx.orchestrator.ledger)
       tuning/            a tuning run's (affvx tune): journal.log, Optuna's journal (unless
@@ -341,6 +341,18 @@ class RunDir:
             return self.cancel_request_file.stat().st_mtime
         except FileNotFoundError:
             return None
+
+    def record_scheduler_reach(self, reach: dict[str, str]) -> None:
+        """Add to this process's driver record how another process asks the scheduler about
+        its jobs (`Backend.reach`), for `affvx status`."""
+        current = self.driver()
+        mine = (
+            current and current["pid"] == os.getpid() and current["host"] == socket.gethostname()
+        )
+        if not reach or not mine or current.get("scheduler") == reach:
+            return
+        current.pop("alive", None)
+        atomic_write_json(self.driver_file, {**current, "scheduler": reach})
 
     def release_driver(self) -> None:
         current = self.driver()

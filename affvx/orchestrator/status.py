@@ -3,9 +3,10 @@
 1. the job files (result, state, submission, progress) -- the ground truth for COMPLETE;
 2. the heartbeat a running job refreshes, and for jobs on this host whether their process
    still exists;
-3. one batched scheduler query for jobs the files call SUBMITTED or RUNNING (skipped for a
-   backend that cannot be polled from another process, such as the local one, whose
-   scheduler lives inside the driver).
+3. one batched scheduler query for jobs the files call SUBMITTED or RUNNING: `observe`,
+   with the directions the driver recorded in driver.json (Ray: its state API, through the
+   dashboard). Skipped for the local backend, whose scheduler lives inside the driver; when
+   the scheduler does not answer, the note says so and the files alone decide.
 
 A RUNNING job whose heartbeat stopped, that the scheduler no longer runs and that wrote no
 result is LOST, never COMPLETE; the reason says which sources disagreed.
@@ -134,7 +135,7 @@ def run_status(run_path: Path, *, query_scheduler: bool = True) -> RunStatus:
     views = read_views(run, jobs)
     driver = run.driver()
     status = RunStatus(run=run, jobs=jobs, views=views, driver=driver)
-    scheduler = _scheduler_states(run, views) if query_scheduler else {}
+    scheduler, unreachable = _scheduler_states(run, views, driver) if query_scheduler else ({}, "")
     for view in views.values():
         merge_scheduler_state(view, scheduler.get(view.scheduler_id))
     unfinished = any(not v.state.is_finished() for v in views.values())
@@ -144,6 +145,8 @@ def run_status(run_path: Path, *, query_scheduler: bool = True) -> RunStatus:
         and not _backend_class(run).capabilities.jobs_outlive_client
     ):
         status.note = f"no affvx process follows this run; `affvx launch --resume --run {run.path}` continues it"
+    elif unreachable:
+        status.note = f"{unreachable}; showing what the run directory says"
     return status
 
 
@@ -153,33 +156,37 @@ def _backend_class(run: RunDir) -> Any:
     return backend_class(run.saved_config.backend.name)
 
 
-def _scheduler_states(run: RunDir, views: dict[str, JobView]) -> dict[str, Any]:
+def _scheduler_states(
+    run: RunDir, views: dict[str, JobView], driver: dict[str, Any] | None
+) -> tuple[dict[str, SchedulerState], str]:
+    """What the scheduler says of the unfinished jobs (one query), and why it could not be
+    asked where it should have been ("" otherwise)."""
     ids = [
         v.scheduler_id
         for v in views.values()
         if v.state in (JobState.SUBMITTED, JobState.RUNNING) and v.scheduler_id
     ]
-    if not ids or not _backend_class(run).capabilities.pollable_anywhere:
-        return {}
+    reach = (driver or {}).get("scheduler") or {}
+    if not ids or not (reach or _backend_class(run).capabilities.pollable_anywhere):
+        return {}, ""
     from affvx.cluster.errors import ClusterError
     from affvx.cluster.registry import get_backend
 
     try:
         settings = run.saved_config.backend
         backend = get_backend(settings.name, settings.options_for())
-        return backend.poll(ids)
-    except ClusterError:
-        return {}
+        return backend.observe(ids, reach), ""
+    except ClusterError as error:
+        return {}, str(error)
 
 
 def merge_scheduler_state(view: JobView, scheduled: SchedulerState | None) -> None:
     """Correct a job's file view with the scheduler's: start it, or declare it LOST."""
-    if (
-        view.state is JobState.SUBMITTED
-        and scheduled is not None
-        and scheduled.status is JobStatus.RUNNING
-    ):
-        view.state = JobState.RUNNING
+    if view.state is JobState.SUBMITTED and scheduled is not None:
+        if scheduled.status is JobStatus.RUNNING:
+            view.state = JobState.RUNNING
+        elif scheduled.status is JobStatus.PENDING:
+            view.reason = view.reason or scheduled.reason  # why it waits
         return
     if view.state is not JobState.RUNNING:
         return

@@ -1,8 +1,13 @@
 """The ray backend on a real Ray instance (embedded, started by the backend): the
-conformance suite, resources, and the shim's manners inside a long-lived Ray worker."""
+conformance suite, resources, the shim's manners inside a long-lived Ray worker, and Ray's
+state API read from another process."""
 
 from __future__ import annotations
 
+import json
+import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +15,7 @@ import pytest
 
 from affvx.cluster.ray import RayBackend
 from tests.support.backend_suite import BackendConformance, python_job
+from tests.support.runs import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -17,7 +23,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[RayBackend]:
     """One embedded Ray instance for the module (Ray allows one per process)."""
-    owner = RayBackend(num_cpus=2)
+    owner = RayBackend(num_cpus=2, dashboard=True)  # the dashboard serves Ray's state API
     owner._connect()
     yield owner
     owner.close()
@@ -42,18 +48,19 @@ def test_a_worker_keeps_its_signal_handlers_after_a_task(
     from affvx.cluster.task import TaskCommand
 
     @ray.remote(num_cpus=1)
-    def handlers_around_a_job(task: TaskCommand) -> tuple[list[str], int, list[str]]:
+    def handlers_around_a_job(pickled_task: bytes) -> tuple[list[str], int, list[str]]:
         import signal
 
         def handlers() -> list[str]:
             return [repr(signal.getsignal(s)) for s in (signal.SIGTERM, signal.SIGINT)]
 
         before = handlers()
-        code = run_ray_task(task, 1)
+        code = run_ray_task(pickled_task, 1)
         return before, code, handlers()
 
     job = python_job(tmp_path, "first", "pass")
-    before, code, after = ray.get(handlers_around_a_job.remote(TaskCommand.for_request(job, None)))
+    pickled_task = pickle.dumps(TaskCommand.for_request(job, None))
+    before, code, after = ray.get(handlers_around_a_job.remote(pickled_task))
     assert code == 0 and after == before
 
 
@@ -68,3 +75,59 @@ def test_a_fraction_of_a_gpu_and_extra_resources_reach_ray(tmp_path: Path) -> No
     assert options["runtime_env"] == {"env_vars": {"A": "1"}}
     [shown] = backend.render([python_job(tmp_path, "frac", "pass")])
     assert "num_gpus=0.25" in shown and "127.0.0.1" in shown
+
+
+OBSERVER = """
+import json, sys
+from affvx.cluster.ray import RayBackend
+states = RayBackend().observe(sys.argv[1].split(","), json.loads(sys.argv[2]))
+print(json.dumps({"ray imported": "ray" in sys.modules,
+                  "states": {i: [s.status.value, s.reason] for i, s in states.items()}}))
+"""
+
+
+def test_another_process_reads_the_tasks_states_from_rays_state_api(
+    ray_instance: RayBackend, tmp_path: Path
+) -> None:
+    """What `affvx status` does: ask the dashboard, from a process without ray, about a
+    driver's finished, running and waiting tasks."""
+    backend = RayBackend()
+    [done] = backend.submit([python_job(tmp_path, "done", "pass")])
+    wait_until(lambda: backend.poll([done])[done].status.value == "EXITED", what="a quick task")
+    release = tmp_path / "release"
+    hold = f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)"
+    running, waiting = backend.submit(
+        [python_job(tmp_path, "whole", hold, cpus=2), python_job(tmp_path, "wait", "pass")]
+    )
+    reach = backend.reach()
+    assert reach["dashboard_url"] and reach["ray_job_id"]
+
+    def observed() -> dict[str, list[str]] | None:
+        ids = ",".join([done, running, waiting])
+        answer = subprocess.run(
+            [sys.executable, "-c", OBSERVER, ids, json.dumps(reach)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seen = json.loads(answer.stdout)
+        assert not seen["ray imported"]
+        states = seen["states"]
+        wanted = {done: "EXITED", running: "RUNNING", waiting: "PENDING"}
+        return states if all(states.get(i, [""])[0] == s for i, s in wanted.items()) else None
+
+    states = wait_until(observed, what="Ray's state API to show all three tasks")
+    assert states[waiting][1].startswith("ray: PENDING")
+    release.touch()
+    wait_until(
+        lambda: not any(s.status.is_active() for s in backend.poll([running, waiting]).values())
+    )
+
+
+def test_without_a_dashboard_the_state_api_is_out_of_reach_in_one_line() -> None:
+    from affvx.cluster.errors import ClusterError
+
+    with pytest.raises(ClusterError, match="no dashboard"):
+        RayBackend().observe(["abc"], {"ray_job_id": "01000000", "dashboard_url": ""})
+    with pytest.raises(ClusterError, match="did not answer"):
+        RayBackend().observe(["abc"], {"ray_job_id": "01000000", "dashboard_url": "127.0.0.1:9"})

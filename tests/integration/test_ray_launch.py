@@ -208,6 +208,42 @@ def test_affvx_cancel_stops_the_ray_tasks_and_leaves_jobs_cancelled_or_complete(
     assert not live_workers(run)
 
 
+def test_status_merges_rays_view_of_the_runs_tasks(small_store: Path, tmp_path: Path, cli) -> None:
+    """While the driver runs, `affvx status` (another process) asks Ray's state API: the job
+    Ray has not started yet says why it waits. Without a dashboard it says, in one line, that
+    it shows the run directory alone."""
+    run = tmp_path / "run"
+    launcher = affvx(
+        *("launch", "--store", str(small_store), "--run", str(run), "--model", "tcn"),
+        *("--folds", "2", "--emotions", "valence", "--modalities", "visual", "--epochs", "4"),
+        *("--backend", "ray", "--backend-option", "num_cpus=1"),
+        *("--backend-option", "dashboard=true"),
+    )
+
+    def one_running_one_waiting() -> dict | None:
+        answer = cli("status", run, "--json")
+        if answer.exit_code != 0:  # the run directory is not written yet
+            return None
+        status = json.loads(answer.stdout)
+        by_state = {job["state"]: job for job in status["jobs"]}
+        waiting = by_state.get("SUBMITTED", {})
+        return (
+            status
+            if "RUNNING" in by_state and waiting.get("reason", "").startswith("ray: PENDING")
+            else None
+        )
+
+    status = wait_until(one_running_one_waiting, what="status to show Ray's pending task")
+    assert status["note"] == ""
+    driver = json.loads((run / "driver.json").read_text())
+    driver["scheduler"]["dashboard_url"] = ""  # as a run whose instance has no dashboard
+    (run / "driver.json").write_text(json.dumps(driver))
+    status = json.loads(cli("status", run, "--json").stdout)
+    assert "state API is out of reach" in status["note"] and len(status["jobs"]) == 2
+    assert cli("cancel", run).exit_code == 0
+    launcher.communicate(timeout=300)
+
+
 def live_workers(run: Path) -> list[int]:
     """Pids of worker processes of `run` still alive."""
     alive = []
