@@ -166,6 +166,23 @@ def make_pruner(tune: TuneConfig) -> Any:
     return optuna.pruners.NopPruner()
 
 
+def wilcoxon_cannot_prune(tune: TuneConfig, n_folds: int) -> str:
+    """Why the Wilcoxon pruner would never stop a trial before its last fold ("" if it can).
+
+    Its one-sided signed-rank test on m folds cannot give a p-value below 1/2**m, so a trial
+    is pruned after the first m folds with 1/2**m < wilcoxon_p at the earliest."""
+    if tune.pruner != "wilcoxon":
+        return ""
+    earliest = next((m for m in range(1, n_folds + 1) if 0.5**m < tune.wilcoxon_p), None)
+    if earliest is not None and earliest < n_folds:
+        return ""
+    return (
+        f"the Wilcoxon pruner at wilcoxon_p = {tune.wilcoxon_p:g} cannot stop a trial before "
+        f"its last fold with {n_folds} folds (its smallest p-value is 1/2^{n_folds} = "
+        f"{0.5**n_folds:g}); raise [tune] wilcoxon_p or use --pruner median"
+    )
+
+
 def load_study(storage: Any, tune: TuneConfig, name: str) -> Any:
     """The study `name` (created if new), with the run's sampler and pruner. The sampler's
     seed is offset by the trials the study has, so a resumed study does not ask again what
@@ -440,6 +457,9 @@ def tune(
     )
     run, config = plan.run, plan.config
     assert config.tune is not None
+    pruner_note = wilcoxon_cannot_prune(config.tune, len(plan.folds.folds))
+    if pruner_note:
+        note(pruner_note)
     backend = make_backend(config)
     if dry_run:
         backend.close()

@@ -190,3 +190,19 @@ def test_a_killed_driver_resumes_with_no_fold_trained_twice_and_no_trial_told_tw
             jobs = [j for j in plan.jobs if j.candidate == trial.number]
             assert len(jobs) == 3
             assert all(JobFiles(plan.job_dir(j.job_id)).result() for j in jobs)
+
+
+@pytest.mark.parametrize(
+    ("p", "folds", "can_prune"),
+    [(0.1, 3, False), (0.1, 4, False), (0.1, 5, True), (0.3, 2, False), (0.3, 3, True)],
+)
+def test_a_wilcoxon_threshold_that_can_never_prune_is_named(
+    p: float, folds: int, can_prune: bool
+) -> None:
+    """Its smallest p-value on m folds is 1/2^m: p = 0.1 first prunes after 4 folds."""
+    from affvx.orchestrator.space import TuneConfig
+    from affvx.orchestrator.tune import wilcoxon_cannot_prune
+
+    said = wilcoxon_cannot_prune(TuneConfig(pruner="wilcoxon", wilcoxon_p=p), folds)
+    assert (said == "") is can_prune
+    assert wilcoxon_cannot_prune(TuneConfig(pruner="median", wilcoxon_p=p), folds) == ""
