@@ -104,7 +104,7 @@ def main() -> None:
         type=float,
         nargs="+",
         default=[0.3],
-        help="p thresholds of the pruned studies (affvx's default is 0.1)",
+        help="p thresholds of the pruned studies (affvx's default is 0.3, Optuna's 0.1)",
     )
     args = parser.parse_args()
     from affvx.storage.synth import SynthConfig, make_synthetic_store
