@@ -17,6 +17,7 @@ and gets back scheduler ids, which it stores in the run directory. The contract:
   `timeout_s` (default: sleep `timeout_s`; the local backend wakes when a child exits).
 - `render(requests)` returns the script(s) `submit` would hand the scheduler, for --dry-run.
 - `close()` releases what the backend holds (the local backend stops its children).
+- `check_fits(requests)` refuses, before a run directory is written, what could never run.
 - `reach()` / `observe(ids, reach)`: how `affvx status`, in another process, learns what the
   scheduler says of jobs it did not submit (by default: `poll`, where any process can).
 
@@ -249,6 +250,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def render(self, requests: list[JobRequest]) -> list[str]: ...
+
+    def check_fits(self, requests: list[JobRequest]) -> None:
+        """Raise ClusterError, naming the job and what it asks for, if a request can never
+        run on this backend (more CPUs or GPUs than it has). Called before anything is
+        written. Default: nothing (a cluster's scheduler judges its own limits)."""
 
     def reach(self) -> dict[str, str]:
         """What another process needs to ask the scheduler about the jobs this instance has

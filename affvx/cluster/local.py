@@ -121,18 +121,21 @@ class LocalBackend(Backend):
 
     # -- the contract -------------------------------------------------------------------------
 
-    def submit(self, requests: list[JobRequest]) -> list[str]:
+    def check_fits(self, requests: list[JobRequest]) -> None:
         for request in requests:
             if request.resources.cpus > len(self.cpus):
                 raise ClusterError(
                     f"job {request.key} asks for {request.resources.cpus} CPUs; this machine "
-                    f"offers {len(self.cpus)}"
+                    f"offers {len(self.cpus)} (--cpus)"
                 )
             if request.resources.gpus > len(self.gpus):
                 raise ClusterError(
                     f"job {request.key} asks for {request.resources.gpus} GPUs; this machine "
-                    f"has {len(self.gpus)}"
+                    f"has {len(self.gpus)} (--gpus)"
                 )
+
+    def submit(self, requests: list[JobRequest]) -> list[str]:
+        self.check_fits(requests)
         ids = [next(self._ids) for _ in requests]
         self._queue.extend(zip(ids, requests))
         self._start_what_fits()

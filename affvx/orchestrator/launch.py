@@ -212,8 +212,9 @@ def launch(
     )
     run, config = plan.run, plan.config
     backend = make_backend(config)
+    requests = job_requests(run, config, plan.jobs, backend)
+    backend.check_fits(requests)  # before anything is written
     if dry_run:
-        requests = job_requests(run, config, plan.jobs, backend)
         return LaunchOutcome(
             run=run,
             jobs=plan.jobs,

@@ -36,7 +36,7 @@ from affvx.orchestrator.config import ExperimentConfig
 from affvx.orchestrator.errors import ConfigError
 from affvx.orchestrator.launch import Plan, prepare
 from affvx.orchestrator.ledger import JobFiles, JobState, view_job
-from affvx.orchestrator.plan import plan_candidate_jobs
+from affvx.orchestrator.plan import PlannedJob, plan_candidate_jobs
 from affvx.orchestrator.pool import JobEnded, JobPool, Outcome
 from affvx.orchestrator.rundir import CandidateRecord, RunDir
 from affvx.orchestrator.space import TuneConfig, suggest
@@ -461,6 +461,7 @@ def tune(
     if pruner_note:
         note(pruner_note)
     backend = make_backend(config)
+    backend.check_fits(job_requests(run, config, example_trial_jobs(plan), backend))
     if dry_run:
         backend.close()
         return TuneOutcome(run=run, dry_run=dry_run_plan(plan, backend))
@@ -534,6 +535,14 @@ def study_bests(run: RunDir, config: ExperimentConfig, storage: Any) -> list[Stu
     return bests
 
 
+def example_trial_jobs(plan: Plan) -> list[PlannedJob]:
+    """The fold jobs of a first trial of the first cell (their parameters are the
+    sampler's, once it runs): what every trial's jobs ask of the backend."""
+    config = plan.config
+    first_cell = (config.emotions[0], config.modalities[0])
+    return plan_candidate_jobs(config, plan.folds, "", first_cell, 0, {})
+
+
 def dry_run_plan(plan: Plan, backend: Backend) -> dict[str, Any]:
     """What `affvx tune --dry-run` prints: the studies, the space, and what one candidate's
     jobs would submit (the parameters are the sampler's, once it runs)."""
@@ -551,9 +560,7 @@ def dry_run_plan(plan: Plan, backend: Backend) -> dict[str, Any]:
         for emotion in config.emotions
         for modalities in config.modalities
     ]
-    example = plan_candidate_jobs(
-        config, plan.folds, "", (config.emotions[0], config.modalities[0]), 0, {}
-    )
+    example = example_trial_jobs(plan)
     requests = job_requests(plan.run, config, example, backend)
     return {
         "studies": studies,

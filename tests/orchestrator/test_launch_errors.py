@@ -38,6 +38,19 @@ def test_bad_flags(
     assert not run.exists()
 
 
+@pytest.mark.parametrize("command", ["launch", "tune"])
+@pytest.mark.parametrize(("flag", "what"), [("--gpus", "GPUs"), ("--cpus", "CPUs")])
+def test_more_than_this_machine_has_is_refused_before_the_run_is_written(
+    small_store: Path, tmp_path: Path, cli, command: str, flag: str, what: str
+) -> None:
+    """The local backend's limits are checked before anything is written (a dry run too)."""
+    run = tmp_path / "run"
+    for dry_run in ((), ("--dry-run",)):
+        result = cli(command, "--store", small_store, "--run", run, *BASE, flag, "64", *dry_run)
+        assert_refused(result, f"asks for 64 {what}", flag)
+        assert not run.exists()
+
+
 def test_missing_store(tmp_path: Path, cli) -> None:
     result = cli("launch", "--store", tmp_path / "nowhere", "--run", tmp_path / "run", *BASE)
     assert_refused(result, "no feature store here")
