@@ -7,29 +7,9 @@ from typing import Any
 
 import typer
 
+from affvx.cli import _grid_flags as _grid
 from affvx.cli._backend_flags import with_backend_flags
 from affvx.cli._console import note, stderr, stdout
-from affvx.cluster.registry import backend_names
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
-
-
-def _names(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _seeds(text: str | None) -> tuple[int, ...] | None:
-    from affvx.orchestrator.config import parse_seeds
-
-    return None if text is None else parse_seeds(text)
-
-
-def _minutes(text: str | None) -> float | None:
-    from affvx.orchestrator.config import parse_duration_min
-
-    return None if text is None else parse_duration_min(text)
 
 
 class _RememberRun:
@@ -52,29 +32,23 @@ class _RememberRun:
 
 @with_backend_flags
 def launch_command(
-    folds: int = typer.Option(None, "--folds", help="Number of folds [default: 6]."),
+    folds: int = _grid.FOLDS,
     emotions: str = typer.Option(
         None, "--emotions", help="valence,arousal (each a job); both = one multi-task job."
     ),
-    modalities: list[str] = typer.Option(
-        None,
-        "--modalities",
-        help="A modality set, comma-separated; repeat for several [default: visual and visual,mfcc,vggish].",
-    ),
-    model: str = typer.Option(None, "--model", help="tcn, lfan or gru [default: lfan]."),
-    protocol: str = typer.Option(None, "--protocol", help="abaw2 or kfold [default: abaw2]."),
-    store: Path = typer.Option(None, "--store", help="Feature store [default: the demo corpus]."),
-    run: Path = typer.Option(None, "--run", help="Run directory [default: runs/<timestamp>]."),
-    backend: str = typer.Option(
-        None, "--backend", help=f"{' or '.join(backend_names())} [default: local]."
-    ),
+    modalities: list[str] = _grid.MODALITIES,
+    model: str = _grid.MODEL,
+    protocol: str = _grid.PROTOCOL,
+    store: Path = _grid.STORE,
+    run: Path = _grid.RUN,
+    backend: str = _grid.BACKEND,
     seeds: str = typer.Option(
         None, "--seeds", help="Seeds to repeat every cell with, e.g. 0-2 [default: 0]."
     ),
-    epochs: int = typer.Option(None, "--epochs", help="Maximum epochs per job [default: 30]."),
+    epochs: int = _grid.EPOCHS,
     lr: float = typer.Option(None, "--lr", help="Learning rate [default: 3e-4]."),
-    cpus: int = typer.Option(None, "--cpus", help="CPUs per job [default: 1]."),
-    gpus: int = typer.Option(None, "--gpus", help="GPUs per job [default: 0]."),
+    cpus: int = _grid.CPUS,
+    gpus: int = _grid.GPUS,
     time_limit: str = typer.Option(
         None,
         "--time-limit",
@@ -113,18 +87,22 @@ def launch_command(
     from affvx.cli._run_view import LiveLaunchView
     from affvx.orchestrator.launch import launch
 
-    flags: dict[str, Any] = {
-        "store": str(store) if store is not None else None,
-        "protocol": protocol,
-        "folds": folds,
-        "emotions": _names(emotions),
-        "modalities": tuple(_names(m) for m in modalities) if modalities else None,
-        "seeds": _seeds(seeds),
-        "model": {"name": model},
-        "training": {"max_epochs": epochs, "lr": lr},
-        "resources": {"cpus": cpus, "gpus": gpus, "time_limit_min": _minutes(time_limit)},
-        "backend": {"name": backend, "max_retries": max_retries},
-    }
+    flags = _grid.grid_flags(
+        store=store,
+        protocol=protocol,
+        folds=folds,
+        emotions=emotions,
+        modalities=modalities,
+        seeds=seeds,
+        model=model,
+        epochs=epochs,
+        cpus=cpus,
+        gpus=gpus,
+        time_limit=time_limit,
+        backend=backend,
+        max_retries=max_retries,
+    )
+    flags["training"]["lr"] = lr
     observer = _RememberRun()
     try:
         with LiveLaunchView(stderr) as view:
@@ -142,8 +120,8 @@ def launch_command(
                 note=note,
             )
     except KeyboardInterrupt:
-        note(_how_to_continue(observer.run_path or _existing_run(run)))
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        note(_how_to_continue(observer.run_path or _grid.existing_run(run)))
+        raise typer.Exit(_grid.EXIT_INTERRUPTED) from None
     if outcome.dry_run_scripts:
         _print_plan(outcome)
         return
@@ -152,12 +130,6 @@ def launch_command(
         return
     _print_summary(outcome)
     raise typer.Exit(outcome.exit_code)
-
-
-def _existing_run(path: Path | None) -> Path | None:
-    from affvx.orchestrator.rundir import RunDir
-
-    return path if path is not None and RunDir(path).exists() else None
 
 
 def _how_to_continue(run_path: Path | None) -> str:

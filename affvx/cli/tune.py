@@ -7,10 +7,9 @@ from typing import Any
 
 import typer
 
+from affvx.cli import _grid_flags as _grid
 from affvx.cli._backend_flags import with_backend_flags
 from affvx.cli._console import note, stdout
-from affvx.cli.launch import EXIT_INTERRUPTED, _existing_run, _minutes, _names, _seeds
-from affvx.cluster.registry import backend_names
 
 
 class _TrialLines:
@@ -58,26 +57,20 @@ def tune_command(
         "--study-name",
         help="Prefix of each cell's study name, <name>-<emotion>-<modalities> [default: affvx].",
     ),
-    folds: int = typer.Option(None, "--folds", help="Number of folds [default: 6]."),
+    folds: int = _grid.FOLDS,
     emotions: str = typer.Option(
         None, "--emotions", help="valence,arousal (a study each); both = multi-task."
     ),
-    modalities: list[str] = typer.Option(
-        None,
-        "--modalities",
-        help="A modality set, comma-separated; repeat for several [default: visual and visual,mfcc,vggish].",
-    ),
-    model: str = typer.Option(None, "--model", help="tcn, lfan or gru [default: lfan]."),
-    protocol: str = typer.Option(None, "--protocol", help="abaw2 or kfold [default: abaw2]."),
-    store: Path = typer.Option(None, "--store", help="Feature store [default: the demo corpus]."),
-    run: Path = typer.Option(None, "--run", help="Run directory [default: runs/<timestamp>]."),
-    backend: str = typer.Option(
-        None, "--backend", help=f"{' or '.join(backend_names())} [default: local]."
-    ),
+    modalities: list[str] = _grid.MODALITIES,
+    model: str = _grid.MODEL,
+    protocol: str = _grid.PROTOCOL,
+    store: Path = _grid.STORE,
+    run: Path = _grid.RUN,
+    backend: str = _grid.BACKEND,
     seeds: str = typer.Option(None, "--seeds", help="Seeds per fold, e.g. 0-2 [default: 0]."),
-    epochs: int = typer.Option(None, "--epochs", help="Maximum epochs per job [default: 30]."),
-    cpus: int = typer.Option(None, "--cpus", help="CPUs per job [default: 1]."),
-    gpus: int = typer.Option(None, "--gpus", help="GPUs per job [default: 0]."),
+    epochs: int = _grid.EPOCHS,
+    cpus: int = _grid.CPUS,
+    gpus: int = _grid.GPUS,
     time_limit: str = typer.Option(
         None, "--time-limit", help="Time per job attempt, e.g. 45m or 2h (as for launch)."
     ),
@@ -113,17 +106,21 @@ def tune_command(
     """
     from affvx.orchestrator.tune import tune
 
-    flags: dict[str, Any] = {
-        "store": str(store) if store is not None else None,
-        "protocol": protocol,
-        "folds": folds,
-        "emotions": _names(emotions),
-        "modalities": tuple(_names(m) for m in modalities) if modalities else None,
-        "seeds": _seeds(seeds),
-        "model": {"name": model},
-        "training": {"max_epochs": epochs},
-        "resources": {"cpus": cpus, "gpus": gpus, "time_limit_min": _minutes(time_limit)},
-        "backend": {"name": backend, "max_retries": max_retries},
+    flags = _grid.grid_flags(
+        store=store,
+        protocol=protocol,
+        folds=folds,
+        emotions=emotions,
+        modalities=modalities,
+        seeds=seeds,
+        model=model,
+        epochs=epochs,
+        cpus=cpus,
+        gpus=gpus,
+        time_limit=time_limit,
+        backend=backend,
+        max_retries=max_retries,
+    ) | {
         "tune": {
             "trials": trials,
             "parallel": parallel,
@@ -149,12 +146,12 @@ def tune_command(
             note=note,
         )
     except KeyboardInterrupt:
-        path = observer.run_path or _existing_run(run)
+        path = observer.run_path or _grid.existing_run(run)
         if path is None:
             note("interrupted before the run was written: nothing to continue")
         else:
             note(f"interrupted: continue with `affvx tune --resume --run {path}`")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(_grid.EXIT_INTERRUPTED) from None
     if outcome.dry_run is not None:
         _print_plan(outcome)
         return

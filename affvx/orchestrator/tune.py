@@ -457,19 +457,21 @@ def tune(
     )
     run, config = plan.run, plan.config
     assert config.tune is not None
-    pruner_note = wilcoxon_cannot_prune(config.tune, len(plan.folds.folds))
-    if pruner_note:
-        note(pruner_note)
     backend = make_backend(config)
     backend.check_fits(job_requests(run, config, example_trial_jobs(plan), backend))
+    pruner_note = wilcoxon_cannot_prune(config.tune, len(plan.folds.folds))
     if dry_run:
         backend.close()
+        if pruner_note:
+            note(pruner_note)
         return TuneOutcome(run=run, dry_run=dry_run_plan(plan, backend))
     if plan.existing:
         run.record_store(config.store)
     else:
         check_storage_url(config.tune.storage)
         run.create(config, plan.folds, plan.jobs)
+    if pruner_note:  # once the input is known to be good: mistakes stay one line
+        note(pruner_note)
     if detach:
         backend.close()
         spawn_tune_driver(run, config.backend.options_for())
