@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -43,10 +42,7 @@ def task_states(dashboard_url: str, ray_job_id: str) -> dict[str, SchedulerState
     newest: dict[str, dict[str, object]] = {}
     for row in rows:
         task_id = str(row.get("task_id", ""))
-        seen = newest.get(task_id)
-        if seen is None or int(row.get("attempt_number") or 0) >= int(
-            seen.get("attempt_number") or 0
-        ):  # type: ignore[call-overload]
+        if task_id not in newest or _attempt(row) >= _attempt(newest[task_id]):
             newest[task_id] = row
     return {task_id: _state(row) for task_id, row in newest.items()}
 
@@ -74,9 +70,13 @@ def _task_rows(dashboard_url: str, ray_job_id: str) -> list[dict[str, object]]:
         raise ClusterError(f"Ray's state API at {base} did not answer: {error}") from None
 
 
+def _attempt(row: dict[str, object]) -> int:
+    return int(str(row.get("attempt_number") or 0))
+
+
 def _state(row: dict[str, object]) -> SchedulerState:
     ray_state = str(row.get("state") or "")
-    attempt = int(row.get("attempt_number") or 0)  # type: ignore[call-overload]
+    attempt = _attempt(row)
     reason = f"ray: {ray_state}" + (f" (retry {attempt})" if attempt else "")
     if ray_state in _RUNNING:
         return SchedulerState(JobStatus.RUNNING, reason=reason)

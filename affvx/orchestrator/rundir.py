@@ -345,11 +345,13 @@ class RunDir:
     def record_scheduler_reach(self, reach: dict[str, str]) -> None:
         """Add to this process's driver record how another process asks the scheduler about
         its jobs (`Backend.reach`), for `affvx status`."""
+        if not reach:
+            return
         current = self.driver()
         mine = (
             current and current["pid"] == os.getpid() and current["host"] == socket.gethostname()
         )
-        if not reach or not mine or current.get("scheduler") == reach:
+        if not mine or current.get("scheduler") == reach:
             return
         current.pop("alive", None)
         atomic_write_json(self.driver_file, {**current, "scheduler": reach})
