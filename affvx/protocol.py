@@ -35,6 +35,8 @@ CPUS = "AFFVX_CPUS"
 GPUS = "AFFVX_GPUS"
 TIME_LIMIT_S = "AFFVX_TIME_LIMIT_S"
 DEVICE = "AFFVX_DEVICE"
+# the share of its GPU's memory a job may take when N jobs share one GPU (1/N)
+GPU_MEMORY_FRACTION = "AFFVX_GPU_MEMORY_FRACTION"
 
 
 def block_stop_signals() -> None:

@@ -37,6 +37,7 @@ from affvx.cluster.base import (
     job_time_limit_s,
 )
 from affvx.cluster.errors import ClusterError
+from affvx.protocol import GPU_MEMORY_FRACTION
 from affvx.cluster.slots import MachineSlots
 
 _PR_SET_PDEATHSIG = 1
@@ -85,6 +86,15 @@ class LocalBackend(Backend):
         ),
         BackendOption("kill_delay_s", float, 10.0, "seconds from SIGTERM to SIGKILL", minimum=0),
         BackendOption(
+            "jobs_per_gpu",
+            int,
+            1,
+            "jobs that share one GPU, each job asking for one (a small job leaves a GPU "
+            "mostly idle); each may use 1/N of its memory",
+            flag="--jobs-per-gpu",
+            minimum=1,
+        ),
+        BackendOption(
             "slot_dir",
             str,
             None,
@@ -101,6 +111,7 @@ class LocalBackend(Backend):
         signal_grace_s: float = 30.0,
         cpus: list[int] | None = None,
         gpus: list[str] | None = None,
+        jobs_per_gpu: int = 1,
         slot_dir: str | None = None,
     ) -> None:
         self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
@@ -110,6 +121,7 @@ class LocalBackend(Backend):
         if signal_grace_s < 0 or kill_delay_s < 0:
             raise ClusterError("[backend.local] signal_grace_s and kill_delay_s must be >= 0")
         self.max_parallel = max_parallel or len(self.cpus)
+        self.jobs_per_gpu = jobs_per_gpu
         self.kill_delay_s = kill_delay_s
         self.signal_grace_s = signal_grace_s
         self._ids = (f"local-{os.getpid()}-{n}" for n in itertools.count(1))
@@ -132,6 +144,11 @@ class LocalBackend(Backend):
                 raise ClusterError(
                     f"job {request.key} asks for {request.resources.gpus} GPUs; this machine "
                     f"has {len(self.gpus)} (--gpus)"
+                )
+            if self.jobs_per_gpu > 1 and request.resources.gpus > 1:
+                raise ClusterError(
+                    f"--jobs-per-gpu {self.jobs_per_gpu} shares a GPU among jobs of one GPU "
+                    f"each; job {request.key} asks for {request.resources.gpus} (--gpus 1)"
                 )
 
     def submit(self, requests: list[JobRequest]) -> list[str]:
@@ -175,6 +192,10 @@ class LocalBackend(Backend):
         limit = first.resources.time_limit_min
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in first.env)
         gpus = f" and GPUs {','.join(self.gpus)}" if self.gpus else ""
+        if self.gpus and self.jobs_per_gpu > 1:
+            gpus += (
+                f" ({self.jobs_per_gpu} jobs per GPU, each 1/{self.jobs_per_gpu} of its memory)"
+            )
         signals = (
             f", {limit:g} min (SIGUSR2 {self.signal_grace_s:g} s before, SIGTERM at the limit)"
             if limit
@@ -225,25 +246,38 @@ class LocalBackend(Backend):
             free_cpus = [
                 c for c in self.cpus if not any(c in r.cpus for r in self._running.values())
             ]
-            free_gpus = [
-                g for g in self.gpus if not any(g in r.gpus for r in self._running.values())
-            ]
             cpus = self._slots.claim("cpu", free_cpus, request.resources.cpus)
             if cpus is None:
                 return
-            gpus = self._slots.claim("gpu", free_gpus, request.resources.gpus)
+            gpus = self._claim_gpus(request.resources.gpus)
             if gpus is None:
                 self._slots.release(cpus.values())
                 return
             self._queue.popleft()
-            self._start(job_id, request, list(cpus), list(gpus))
-            self._running[job_id].slot_locks = [*cpus.values(), *gpus.values()]
+            self._start(job_id, request, list(cpus), gpus[0])
+            self._running[job_id].slot_locks = [*cpus.values(), *gpus[1]]
+
+    def _claim_gpus(self, wanted: int) -> tuple[list[str], list[int]] | None:
+        """`wanted` whole GPUs that no job of ours uses -- or, with jobs_per_gpu N, a place
+        on the GPU with the fewest of our jobs (fewer than N) -- and the descriptors that
+        hold them. None: not free now."""
+        if wanted == 0:
+            return [], []
+        users = {g: sum(g in r.gpus for r in self._running.values()) for g in self.gpus}
+        if self.jobs_per_gpu == 1:
+            whole = self._slots.claim("gpu", [g for g in self.gpus if not users[g]], wanted)
+            return None if whole is None else (list(whole), list(whole.values()))
+        room = sorted((g for g in self.gpus if users[g] < self.jobs_per_gpu), key=users.get)
+        shared = self._slots.claim_share("gpu", room, self.jobs_per_gpu)
+        return None if shared is None else ([shared[0]], shared[1])
 
     def _start(self, job_id: str, request: JobRequest, cpus: list[int], gpus: list[str]) -> None:
         request.log_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(request.env)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        if gpus and self.jobs_per_gpu > 1:
+            env[GPU_MEMORY_FRACTION] = f"{1 / self.jobs_per_gpu:.4f}"
         env.update(
             JobEnvironment(
                 scheduler_job_id=job_id,

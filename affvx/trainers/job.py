@@ -35,7 +35,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from affvx.protocol import EXIT_COMPLETE, EXIT_REQUEUE, STOP_SIGNALS, JobEnvironment
+from affvx.protocol import (
+    EXIT_COMPLETE,
+    EXIT_REQUEUE,
+    GPU_MEMORY_FRACTION,
+    STOP_SIGNALS,
+    JobEnvironment,
+)
 from affvx.storage.atomic import (
     atomic_file,
     atomic_write_json,
@@ -314,6 +320,9 @@ def configure_torch(spec: TrainSpec, device: torch.device) -> int:
     with contextlib.suppress(RuntimeError):  # only allowed before the first parallel op
         torch.set_num_interop_threads(1)
     if device.type == "cuda":
+        memory_share = os.environ.get(GPU_MEMORY_FRACTION)
+        if memory_share:  # N jobs share this GPU: each keeps to its part of the memory
+            torch.cuda.set_per_process_memory_fraction(float(memory_share), device)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True

@@ -115,3 +115,91 @@ def test_two_launches_on_one_machine_share_its_cpus(tmp_path: Path) -> None:
     finally:
         first.close()
         second.close()
+
+
+# a job that says which GPU it was given and its memory share, then holds it until released
+ON_GPU_UNTIL_RELEASED = """
+import os, pathlib, time
+print(os.environ["CUDA_VISIBLE_DEVICES"], os.environ.get("AFFVX_GPU_MEMORY_FRACTION"), flush=True)
+deadline = time.monotonic() + 60
+while not pathlib.Path("release").exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+"""
+
+
+def gpu_lines(tmp_path: Path, keys: list[str], ids: list[str]) -> list[str]:
+    return [
+        (tmp_path / "logs" / key / f"{job_id}.out").read_text().strip()
+        for key, job_id in zip(keys, ids)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fake_gpus", "expected"), [(["0"], ["0 0.5000"] * 2), (["0", "1"], ["0 0.5000", "1 0.5000"])]
+)
+def test_jobs_per_gpu_puts_n_jobs_on_a_gpu_spreading_them_first(
+    tmp_path: Path, fake_gpus: list[str], expected: list[str]
+) -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    keys = ["a", "b"]
+    with LocalBackend(
+        cpus=cpus, gpus=fake_gpus, jobs_per_gpu=2, slot_dir=str(tmp_path / "s")
+    ) as backend:
+        jobs = [python_job(tmp_path, key, ON_GPU_UNTIL_RELEASED, gpus=1) for key in keys]
+        ids = backend.submit(jobs)
+        wait_for_jobs(
+            backend,
+            ids,
+            lambda s: (
+                all(x.status is JobStatus.RUNNING for x in s.values())
+                and all(
+                    (tmp_path / "logs" / k / f"{i}.out").read_text() for k, i in zip(keys, ids)
+                )
+            ),
+        )
+        assert sorted(gpu_lines(tmp_path, keys, ids)) == expected
+        (tmp_path / "release").touch()
+        wait_for_jobs(
+            backend, ids, lambda s: all(x.status is JobStatus.EXITED for x in s.values())
+        )
+
+
+def test_a_gpu_goes_to_n_jobs_and_never_to_n_plus_one(tmp_path: Path) -> None:
+    """The machine-wide claims: N places on a GPU, then none; a whole claim (another launch
+    without sharing) waits while shares are held, and shares wait while it is held whole."""
+    from affvx.cluster.slots import MachineSlots
+
+    slots, other_launch = MachineSlots(tmp_path), MachineSlots(tmp_path)
+    held = [slots.claim_share("gpu", ["0"], 3) for _ in range(3)]
+    assert all(h is not None and h[0] == "0" for h in held)
+    assert slots.claim_share("gpu", ["0"], 3) is None
+    assert other_launch.claim("gpu", ["0"], 1) is None
+    for _, fds in held:  # type: ignore[misc]
+        slots.release(fds)
+    whole = other_launch.claim("gpu", ["0"], 1)
+    assert whole is not None and slots.claim_share("gpu", ["0"], 3) is None
+    other_launch.release(whole.values())
+    assert slots.claim_share("gpu", ["0"], 3) is not None
+
+
+def test_without_sharing_a_gpu_goes_to_one_job(tmp_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    with LocalBackend(cpus=cpus, gpus=["0"], slot_dir=str(tmp_path / "s")) as backend:
+        ids = backend.submit(
+            [python_job(tmp_path, k, ON_GPU_UNTIL_RELEASED, gpus=1) for k in "ab"]
+        )
+        wait_for_jobs(backend, ids, lambda s: s[ids[0]].status is JobStatus.RUNNING)
+        assert (
+            backend.poll(ids)[ids[1]].status is JobStatus.PENDING
+        )  # a CPU is free; the GPU is not
+        (tmp_path / "release").touch()
+        wait_for_jobs(
+            backend, ids, lambda s: all(x.status is JobStatus.EXITED for x in s.values())
+        )
+    assert gpu_lines(tmp_path, ["a", "b"], ids) == ["0 None", "0 None"]
+
+
+def test_jobs_per_gpu_refuses_a_job_of_several_gpus(tmp_path: Path) -> None:
+    backend = LocalBackend(gpus=["0", "1"], jobs_per_gpu=2, slot_dir=str(tmp_path / "s"))
+    with pytest.raises(ClusterError, match="--jobs-per-gpu 2 shares a GPU"):
+        backend.check_fits([python_job(tmp_path, "two", "pass", gpus=2)])
