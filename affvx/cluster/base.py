@@ -256,6 +256,11 @@ class Backend(abc.ABC):
         run on this backend (more CPUs or GPUs than it has). Called before anything is
         written. Default: nothing (a cluster's scheduler judges its own limits)."""
 
+    def notes(self) -> list[str]:
+        """Lines for the user on how the jobs will run, said once before anything is
+        submitted (e.g. an asked-for feature this machine lacks, gone without). Default: none."""
+        return []
+
     def reach(self) -> dict[str, str]:
         """What another process needs to ask the scheduler about the jobs this instance has
         submitted (see `observe`); the driver records it in the run directory. Default:

@@ -37,8 +37,9 @@ from affvx.cluster.base import (
     job_time_limit_s,
 )
 from affvx.cluster.errors import ClusterError
-from affvx.protocol import GPU_MEMORY_FRACTION
+from affvx.cluster.mps import MpsDaemon, mps_unavailable
 from affvx.cluster.slots import MachineSlots
+from affvx.protocol import GPU_MEMORY_FRACTION
 
 _PR_SET_PDEATHSIG = 1
 
@@ -95,6 +96,14 @@ class LocalBackend(Backend):
             minimum=1,
         ),
         BackendOption(
+            "mps",
+            bool,
+            False,
+            "run the jobs' GPU work through a private NVIDIA MPS daemon (with --jobs-per-gpu); "
+            "without a GPU or MPS, a note and no MPS",
+            flag="--mps",
+        ),
+        BackendOption(
             "slot_dir",
             str,
             None,
@@ -112,6 +121,7 @@ class LocalBackend(Backend):
         cpus: list[int] | None = None,
         gpus: list[str] | None = None,
         jobs_per_gpu: int = 1,
+        mps: bool = False,
         slot_dir: str | None = None,
     ) -> None:
         self.cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
@@ -122,6 +132,9 @@ class LocalBackend(Backend):
             raise ClusterError("[backend.local] signal_grace_s and kill_delay_s must be >= 0")
         self.max_parallel = max_parallel or len(self.cpus)
         self.jobs_per_gpu = jobs_per_gpu
+        self._mps_note = mps_unavailable(self.gpus) if mps else ""
+        self.mps = mps and not self._mps_note
+        self._mps_daemon = MpsDaemon()
         self.kill_delay_s = kill_delay_s
         self.signal_grace_s = signal_grace_s
         self._ids = (f"local-{os.getpid()}-{n}" for n in itertools.count(1))
@@ -150,6 +163,9 @@ class LocalBackend(Backend):
                     f"--jobs-per-gpu {self.jobs_per_gpu} shares a GPU among jobs of one GPU "
                     f"each; job {request.key} asks for {request.resources.gpus} (--gpus 1)"
                 )
+
+    def notes(self) -> list[str]:
+        return [self._mps_note] if self._mps_note else []
 
     def submit(self, requests: list[JobRequest]) -> list[str]:
         self.check_fits(requests)
@@ -222,6 +238,7 @@ class LocalBackend(Backend):
         for running in self._running.values():
             running.process.wait()
         self._reap()
+        self._mps_daemon.stop()
 
     # -- waiting ------------------------------------------------------------------------------
 
@@ -278,6 +295,9 @@ class LocalBackend(Backend):
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         if gpus and self.jobs_per_gpu > 1:
             env[GPU_MEMORY_FRACTION] = f"{1 / self.jobs_per_gpu:.4f}"
+        if gpus and self.mps:
+            self._mps_daemon.start()
+            env.update(self._mps_daemon.environment())
         env.update(
             JobEnvironment(
                 scheduler_job_id=job_id,

@@ -214,6 +214,8 @@ def launch(
     backend = make_backend(config)
     requests = job_requests(run, config, plan.jobs, backend)
     backend.check_fits(requests)  # before anything is written
+    for line in backend.notes():
+        note(line)
     if dry_run:
         return LaunchOutcome(
             run=run,

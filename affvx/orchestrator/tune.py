@@ -459,6 +459,8 @@ def tune(
     assert config.tune is not None
     backend = make_backend(config)
     backend.check_fits(job_requests(run, config, example_trial_jobs(plan), backend))
+    for line in backend.notes():
+        note(line)
     pruner_note = wilcoxon_cannot_prune(config.tune, len(plan.folds.folds))
     if dry_run:
         backend.close()

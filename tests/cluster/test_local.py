@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -203,3 +204,52 @@ def test_jobs_per_gpu_refuses_a_job_of_several_gpus(tmp_path: Path) -> None:
     backend = LocalBackend(gpus=["0", "1"], jobs_per_gpu=2, slot_dir=str(tmp_path / "s"))
     with pytest.raises(ClusterError, match="--jobs-per-gpu 2 shares a GPU"):
         backend.check_fits([python_job(tmp_path, "two", "pass", gpus=2)])
+
+
+def test_mps_without_a_gpu_or_without_mps_is_one_note_and_no_mps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert LocalBackend(mps=True, gpus=[]).notes() == [
+        "--mps: no GPU on this machine; the jobs run without MPS"
+    ]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-cuda-mps-control there
+    backend = LocalBackend(mps=True, gpus=["0"])
+    assert backend.notes() == [
+        "--mps: nvidia-cuda-mps-control is not on the PATH; the jobs run without MPS"
+    ]
+    assert not backend.mps and LocalBackend(gpus=["0"]).notes() == []
+
+
+# NVIDIA's control program as far as affvx uses it: `-d` starts the daemon, `quit` on stdin
+# stops it; this one writes down each call and the pipe directory it was given
+FAKE_MPS_CONTROL = """#!/bin/sh
+echo "${1:-$(cat)} $CUDA_MPS_PIPE_DIRECTORY" >> "$MPS_CALLS"
+"""
+
+
+def test_mps_starts_a_private_daemon_for_the_gpu_jobs_and_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text(FAKE_MPS_CONTROL)
+    control.chmod(0o755)
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("MPS_CALLS", str(calls))
+    job = "import os; print(os.environ.get('CUDA_MPS_PIPE_DIRECTORY'))"
+    cpus = sorted(os.sched_getaffinity(0))[:1]
+    slots = str(tmp_path / "s")
+    with LocalBackend(cpus=cpus, gpus=["0"], mps=True, slot_dir=slots) as backend:
+        assert backend.notes() == []
+        ids = backend.submit([python_job(tmp_path, k, job, gpus=1) for k in "ab"])
+        wait_for_jobs(
+            backend, ids, lambda s: all(x.status is JobStatus.EXITED for x in s.values())
+        )
+    started, stopped = calls.read_text().splitlines()
+    pipe = started.split()[1]
+    assert started == f"-d {pipe}" and stopped == f"quit {pipe}"
+    assert pipe.startswith(tempfile.gettempdir()) and "affvx-mps-" in pipe
+    assert set(gpu_lines(tmp_path, ["a", "b"], ids)) == {pipe}  # one daemon for both jobs
+    assert not Path(pipe).exists()  # its directories go with it

@@ -51,6 +51,16 @@ def test_more_than_this_machine_has_is_refused_before_the_run_is_written(
         assert not run.exists()
 
 
+def test_mps_without_a_gpu_is_one_note_and_the_launch_goes_on(
+    small_store: Path, tmp_path: Path, cli
+) -> None:
+    result = cli(
+        "launch", "--store", small_store, "--run", tmp_path / "run", *BASE, "--mps", "--dry-run"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count("--mps:") == 1 and "the jobs run without MPS" in result.stderr
+
+
 def test_missing_store(tmp_path: Path, cli) -> None:
     result = cli("launch", "--store", tmp_path / "nowhere", "--run", tmp_path / "run", *BASE)
     assert_refused(result, "no feature store here")
