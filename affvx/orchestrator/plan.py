@@ -114,26 +114,12 @@ def plan_jobs(
 ) -> list[PlannedJob]:
     """Every job of the grid, ordered by emotion, modality set, fold, seed."""
     experiment = _experiment_digest(config, folds, store_fingerprint)
-    jobs = []
-    for emotion in config.emotions:
-        for modalities in config.modalities:
-            for fold in range(len(folds.folds)):
-                for seed in config.seeds:
-                    job_id = job_id_of(emotion, modalities, fold, seed)
-                    digest = experiment.copy()
-                    digest.update(job_id.encode())
-                    jobs.append(
-                        PlannedJob(
-                            job_id=job_id,
-                            fold=fold,
-                            emotion=emotion,
-                            modalities=modalities,
-                            seed=seed,
-                            model=config.model.name,
-                            config_hash=digest.hexdigest()[:16],
-                        )
-                    )
-    return jobs
+    return [
+        job
+        for emotion in config.emotions
+        for modalities in config.modalities
+        for job in _cell_jobs(config, folds, experiment, (emotion, modalities))
+    ]
 
 
 def plan_candidate_jobs(
@@ -146,9 +132,22 @@ def plan_candidate_jobs(
 ) -> list[PlannedJob]:
     """The fold jobs (x seeds) of one tuning candidate of the cell (emotion, modality set),
     with its parameters, ordered by fold and seed."""
-    emotion, modalities = cell
     experiment = _experiment_digest(config, folds, store_fingerprint)
     experiment.update(json.dumps(params, sort_keys=True).encode())
+    return _cell_jobs(config, folds, experiment, cell, candidate, params)
+
+
+def _cell_jobs(
+    config: ExperimentConfig,
+    folds: FoldTable,
+    experiment: Any,
+    cell: tuple[str, tuple[str, ...]],
+    candidate: int | None = None,
+    params: dict[str, Any] | None = None,
+) -> list[PlannedJob]:
+    """One cell's jobs by fold and seed; each one's hash is `experiment` (a sha256 of what
+    decides results) updated with its id."""
+    emotion, modalities = cell
     jobs = []
     for fold in range(len(folds.folds)):
         for seed in config.seeds:
@@ -165,7 +164,7 @@ def plan_candidate_jobs(
                     model=config.model.name,
                     config_hash=digest.hexdigest()[:16],
                     candidate=candidate,
-                    params=tuple(sorted(params.items())),
+                    params=tuple(sorted((params or {}).items())),
                 )
             )
     return jobs

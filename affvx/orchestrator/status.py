@@ -144,7 +144,8 @@ def run_status(run_path: Path, *, query_scheduler: bool = True) -> RunStatus:
         and not (driver and driver.get("alive"))
         and not _backend_class(run).capabilities.jobs_outlive_client
     ):
-        status.note = f"no affvx process follows this run; `affvx launch --resume --run {run.path}` continues it"
+        command = "tune" if run.saved_config.tune is not None else "launch"
+        status.note = f"no affvx process follows this run; `affvx {command} --resume --run {run.path}` continues it"
     elif unreachable:
         status.note = f"{unreachable}; showing what the run directory says"
     return status

@@ -227,7 +227,8 @@ def collect_tuning(run: RunDir) -> tuple[list[PlannedJob], list[str]]:
     config = run.config
     assert config.tune is not None
     rows = trial_rows(run, config)
-    if not best_rows(rows):
+    bests = best_rows(rows)
+    if not bests:
         raise ConfigError(
             f"{run.path}: no trial of this tuning run is complete yet, so there is nothing to "
             f"collect; see where they are with `affvx status {run.path}`"
@@ -237,12 +238,12 @@ def collect_tuning(run: RunDir) -> tuple[list[PlannedJob], list[str]]:
     storage = open_storage(run, config.tune)
     notes: list[str] = []
     jobs: list[PlannedJob] = []
-    for name, best in best_rows(rows).items():
+    for name, best in bests.items():
         folder = run.report_dir / f"{best.emotion}-{best.modalities}"
         folder.mkdir(exist_ok=True)
         atomic_write_text(folder / "best_params.toml", best_params_toml(config, best))
         notes += write_study_plots(folder, storage, name)
         jobs += best.jobs
     studies = {row.study for row in rows}
-    notes += [f"{name}: no complete trial yet" for name in sorted(studies - set(best_rows(rows)))]
+    notes += [f"{name}: no complete trial yet" for name in sorted(studies - set(bests))]
     return jobs, notes

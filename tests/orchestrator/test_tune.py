@@ -169,6 +169,8 @@ def test_a_killed_driver_resumes_with_no_fold_trained_twice_and_no_trial_told_tw
         ),
         what="the killed driver's jobs to exit",
     )
+    note = json.loads(cli("status", run, "--json").stdout)["note"]
+    assert f"`affvx tune --resume --run {run}` continues it" in note
     result = cli("tune", "--resume", "--run", run)
     assert result.exit_code == 0, result.stderr
 
