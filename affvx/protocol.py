@@ -9,6 +9,8 @@ once it can checkpoint; and it says how it ended by its exit status:
     EXIT_FAILED    1   failed; a retry may help (a crash, a lost node)
     EXIT_INPUT     2   failed deterministically (bad input, divergence): never retried
     EXIT_REQUEUE   75  checkpointed and wants to run again (EX_TEMPFAIL)
+    EXIT_CANCELLED 76  checkpointed and stopped because the job was cancelled: not to run
+                       again (whatever runs it may tell this from a requeue)
 
 This module is the bottom floor: every affvx package may import it, and it imports none.
 """
@@ -26,6 +28,7 @@ EXIT_COMPLETE = 0
 EXIT_FAILED = 1
 EXIT_INPUT = 2
 EXIT_REQUEUE = 75
+EXIT_CANCELLED = 76
 
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
@@ -35,6 +38,8 @@ CPUS = "AFFVX_CPUS"
 GPUS = "AFFVX_GPUS"
 TIME_LIMIT_S = "AFFVX_TIME_LIMIT_S"
 DEVICE = "AFFVX_DEVICE"
+# whether a GPU job captures its training step as a CUDA graph: auto, on or off
+CUDA_GRAPHS = "AFFVX_CUDA_GRAPHS"
 # the share of its GPU's memory a job may take when N jobs share one GPU (1/N)
 GPU_MEMORY_FRACTION = "AFFVX_GPU_MEMORY_FRACTION"
 

@@ -25,7 +25,23 @@ RUN = typer.Option(None, "--run", help="Run directory [default: runs/<timestamp>
 BACKEND = typer.Option(None, "--backend", help=f"{' or '.join(backend_names())} [default: local].")
 EPOCHS = typer.Option(None, "--epochs", help="Maximum epochs per job [default: 30].")
 CPUS = typer.Option(None, "--cpus", help="CPUs per job [default: 1].")
-GPUS = typer.Option(None, "--gpus", help="GPUs per job [default: 0].")
+GPUS = typer.Option(
+    None,
+    "--gpus",
+    help="GPUs per job, or a share of one: 0.25 = four jobs per GPU [default: 0].",
+)
+JOBS_PER_GPU = typer.Option(
+    None,
+    "--jobs-per-gpu",
+    help="Jobs of --gpus 1 that share one GPU, each with 1/N of its memory (local: N at "
+    "once; Ray: 1/N GPU each; SLURM/PBS: N per array task) [default: 1].",
+)
+CUDA_GRAPHS = typer.Option(
+    None,
+    "--cuda-graphs",
+    help="Capture each GPU job's training step as a CUDA graph: auto, on or off "
+    "[default: auto = where the model captures].",
+)
 
 
 def grid_flags(
@@ -39,10 +55,12 @@ def grid_flags(
     model: str | None,
     epochs: int | None,
     cpus: int | None,
-    gpus: int | None,
+    gpus: float | None,
     time_limit: str | None,
     backend: str | None,
     max_retries: int | None,
+    jobs_per_gpu: int | None = None,
+    cuda_graphs: str | None = None,
 ) -> dict[str, Any]:
     """The grid's flags as the orchestrator reads them (None: not given)."""
     return {
@@ -54,7 +72,12 @@ def grid_flags(
         "seeds": _seeds(seeds),
         "model": {"name": model},
         "training": {"max_epochs": epochs},
-        "resources": {"cpus": cpus, "gpus": gpus, "time_limit_min": _minutes(time_limit)},
+        "resources": {
+            "cpus": cpus,
+            **_gpu_share(gpus, jobs_per_gpu),
+            "cuda_graphs": _cuda_graphs(cuda_graphs),
+            "time_limit_min": _minutes(time_limit),
+        },
         "backend": {"name": backend, "max_retries": max_retries},
     }
 
@@ -77,6 +100,29 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
     from affvx.orchestrator.config import parse_seeds
 
     return None if text is None else parse_seeds(text)
+
+
+def _gpu_share(gpus: float | None, jobs_per_gpu: int | None) -> dict[str, int | None]:
+    """--gpus (whole GPUs, or a share 1/N) and --jobs-per-gpu as [resources] gpus and
+    jobs_per_gpu."""
+    from affvx.orchestrator.config import gpu_share
+    from affvx.orchestrator.errors import ConfigError
+
+    if jobs_per_gpu is not None and jobs_per_gpu < 1:
+        raise ConfigError(f"--jobs-per-gpu {jobs_per_gpu}: give at least 1")
+    if gpus is None:
+        return {"gpus": None, "jobs_per_gpu": jobs_per_gpu}
+    whole, share = gpu_share(gpus, jobs_per_gpu)
+    return {"gpus": whole, "jobs_per_gpu": share if share > 1 or jobs_per_gpu else None}
+
+
+def _cuda_graphs(text: str | None) -> str | None:
+    from affvx.cluster.base import CUDA_GRAPHS_CHOICES
+    from affvx.orchestrator.errors import ConfigError
+
+    if text is not None and text not in CUDA_GRAPHS_CHOICES:
+        raise ConfigError(f"--cuda-graphs {text}: choose {', '.join(CUDA_GRAPHS_CHOICES)}")
+    return text
 
 
 def _minutes(text: str | None) -> float | None:

@@ -70,7 +70,9 @@ def tune_command(
     seeds: str = typer.Option(None, "--seeds", help="Seeds per fold, e.g. 0-2 [default: 0]."),
     epochs: int = _grid.EPOCHS,
     cpus: int = _grid.CPUS,
-    gpus: int = _grid.GPUS,
+    gpus: float = _grid.GPUS,
+    jobs_per_gpu: int = _grid.JOBS_PER_GPU,
+    cuda_graphs: str = _grid.CUDA_GRAPHS,
     time_limit: str = typer.Option(
         None, "--time-limit", help="Time per job attempt, e.g. 45m or 2h (as for launch)."
     ),
@@ -117,6 +119,8 @@ def tune_command(
         epochs=epochs,
         cpus=cpus,
         gpus=gpus,
+        jobs_per_gpu=jobs_per_gpu,
+        cuda_graphs=cuda_graphs,
         time_limit=time_limit,
         backend=backend,
         max_retries=max_retries,

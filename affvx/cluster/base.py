@@ -56,6 +56,7 @@ from affvx.cluster.errors import ClusterError
 from affvx.protocol import (  # noqa: F401  (re-exported: the backends' vocabulary)
     EXIT_INPUT,
     EXIT_REQUEUE,
+    GPU_MEMORY_FRACTION,
     STOP_SIGNALS,
     JobEnvironment,
     block_stop_signals,
@@ -152,20 +153,52 @@ class BackendOption:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one job needs, in neutral units that every backend maps to its own flags."""
+    """What one job needs, in neutral units that every backend maps to its own flags.
+
+    `jobs_per_gpu` N > 1: jobs of one GPU each share a GPU N at a time (a small job leaves a
+    GPU mostly idle), each taking at most 1/N of its memory. The local backend hands a GPU
+    to N jobs, Ray asks for 1/N of a GPU per job, SLURM and PBS pack N jobs into one array
+    task that holds one GPU. `cuda_graphs` (auto, on, off) is how a GPU job runs its training
+    step; it reaches the job as AFFVX_CUDA_GRAPHS.
+    """
 
     cpus: int = 1
     gpus: int = 0
     mem_gb: float | None = None
     time_limit_min: float | None = None
+    jobs_per_gpu: int = 1
+    cuda_graphs: str = "auto"
 
     def __post_init__(self) -> None:
         if self.cpus < 1 or self.gpus < 0:
             raise ValueError("cpus must be >= 1 and gpus >= 0")
+        if self.jobs_per_gpu < 1:
+            raise ValueError("jobs_per_gpu must be >= 1")
+        if self.jobs_per_gpu > 1 and self.gpus > 1:
+            raise ValueError(
+                f"jobs_per_gpu = {self.jobs_per_gpu} shares one GPU among jobs of one GPU "
+                f"each; give gpus = 1 (not {self.gpus})"
+            )
+        if self.cuda_graphs not in CUDA_GRAPHS_CHOICES:
+            raise ValueError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPHS_CHOICES)}")
         if self.mem_gb is not None and self.mem_gb <= 0:
             raise ValueError("mem_gb must be > 0")
         if self.time_limit_min is not None and self.time_limit_min <= 0:
             raise ValueError("time_limit_min must be > 0")
+
+    @property
+    def shares_gpu(self) -> bool:
+        """True when this job shares its one GPU with others (gpus 1, jobs_per_gpu > 1)."""
+        return self.gpus == 1 and self.jobs_per_gpu > 1
+
+    def sharing_environment(self) -> dict[str, str]:
+        """What a job that shares its GPU is told: the share of its memory it may take."""
+        if not self.shares_gpu:
+            return {}
+        return {GPU_MEMORY_FRACTION: f"{1 / self.jobs_per_gpu:.4f}"}
+
+
+CUDA_GRAPHS_CHOICES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)

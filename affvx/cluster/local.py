@@ -32,6 +32,7 @@ from affvx.cluster.base import (
     JobEnvironment,
     JobRequest,
     JobStatus,
+    Resources,
     SchedulerState,
     block_stop_signals,
     job_time_limit_s,
@@ -39,7 +40,6 @@ from affvx.cluster.base import (
 from affvx.cluster.errors import ClusterError
 from affvx.cluster.mps import MpsDaemon, mps_unavailable
 from affvx.cluster.slots import MachineSlots
-from affvx.protocol import GPU_MEMORY_FRACTION
 
 _PR_SET_PDEATHSIG = 1
 
@@ -87,15 +87,6 @@ class LocalBackend(Backend):
         ),
         BackendOption("kill_delay_s", float, 10.0, "seconds from SIGTERM to SIGKILL", minimum=0),
         BackendOption(
-            "jobs_per_gpu",
-            int,
-            1,
-            "jobs that share one GPU, each job asking for one (a small job leaves a GPU "
-            "mostly idle); each may use 1/N of its memory",
-            flag="--jobs-per-gpu",
-            minimum=1,
-        ),
-        BackendOption(
             "mps",
             bool,
             False,
@@ -120,7 +111,6 @@ class LocalBackend(Backend):
         signal_grace_s: float = 30.0,
         cpus: list[int] | None = None,
         gpus: list[str] | None = None,
-        jobs_per_gpu: int = 1,
         mps: bool = False,
         slot_dir: str | None = None,
     ) -> None:
@@ -131,7 +121,6 @@ class LocalBackend(Backend):
         if signal_grace_s < 0 or kill_delay_s < 0:
             raise ClusterError("[backend.local] signal_grace_s and kill_delay_s must be >= 0")
         self.max_parallel = max_parallel or len(self.cpus)
-        self.jobs_per_gpu = jobs_per_gpu
         self._mps_note = mps_unavailable(self.gpus) if mps else ""
         self.mps = mps and not self._mps_note
         self._mps_daemon = MpsDaemon()
@@ -157,11 +146,6 @@ class LocalBackend(Backend):
                 raise ClusterError(
                     f"job {request.key} asks for {request.resources.gpus} GPUs; this machine "
                     f"has {len(self.gpus)} (--gpus)"
-                )
-            if self.jobs_per_gpu > 1 and request.resources.gpus > 1:
-                raise ClusterError(
-                    f"--jobs-per-gpu {self.jobs_per_gpu} shares a GPU among jobs of one GPU "
-                    f"each; job {request.key} asks for {request.resources.gpus} (--gpus 1)"
                 )
 
     def notes(self) -> list[str]:
@@ -208,10 +192,9 @@ class LocalBackend(Backend):
         limit = first.resources.time_limit_min
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in first.env)
         gpus = f" and GPUs {','.join(self.gpus)}" if self.gpus else ""
-        if self.gpus and self.jobs_per_gpu > 1:
-            gpus += (
-                f" ({self.jobs_per_gpu} jobs per GPU, each 1/{self.jobs_per_gpu} of its memory)"
-            )
+        share = first.resources.jobs_per_gpu
+        if self.gpus and first.resources.shares_gpu:
+            gpus += f" ({share} jobs per GPU, each 1/{share} of its memory)"
         signals = (
             f", {limit:g} min (SIGUSR2 {self.signal_grace_s:g} s before, SIGTERM at the limit)"
             if limit
@@ -266,7 +249,7 @@ class LocalBackend(Backend):
             cpus = self._slots.claim("cpu", free_cpus, request.resources.cpus)
             if cpus is None:
                 return
-            gpus = self._claim_gpus(request.resources.gpus)
+            gpus = self._claim_gpus(request.resources)
             if gpus is None:
                 self._slots.release(cpus.values())
                 return
@@ -274,18 +257,20 @@ class LocalBackend(Backend):
             self._start(job_id, request, list(cpus), gpus[0])
             self._running[job_id].slot_locks = [*cpus.values(), *gpus[1]]
 
-    def _claim_gpus(self, wanted: int) -> tuple[list[str], list[int]] | None:
-        """`wanted` whole GPUs that no job of ours uses -- or, with jobs_per_gpu N, a place
-        on the GPU with the fewest of our jobs (fewer than N) -- and the descriptors that
-        hold them. None: not free now."""
-        if wanted == 0:
+    def _claim_gpus(self, resources: Resources) -> tuple[list[str], list[int]] | None:
+        """The job's whole GPUs, none of them used by a job of ours -- or, for a job that
+        shares its GPU N ways, a place on the GPU with the fewest of our jobs (fewer than N)
+        -- and the descriptors that hold them. None: not free now."""
+        if resources.gpus == 0:
             return [], []
         users = {g: sum(g in r.gpus for r in self._running.values()) for g in self.gpus}
-        if self.jobs_per_gpu == 1:
-            whole = self._slots.claim("gpu", [g for g in self.gpus if not users[g]], wanted)
+        if not resources.shares_gpu:
+            free = [g for g in self.gpus if not users[g]]
+            whole = self._slots.claim("gpu", free, resources.gpus)
             return None if whole is None else (list(whole), list(whole.values()))
-        room = sorted((g for g in self.gpus if users[g] < self.jobs_per_gpu), key=users.get)
-        shared = self._slots.claim_share("gpu", room, self.jobs_per_gpu)
+        share = resources.jobs_per_gpu
+        room = sorted((g for g in self.gpus if users[g] < share), key=users.get)
+        shared = self._slots.claim_share("gpu", room, share)
         return None if shared is None else ([shared[0]], shared[1])
 
     def _start(self, job_id: str, request: JobRequest, cpus: list[int], gpus: list[str]) -> None:
@@ -293,8 +278,8 @@ class LocalBackend(Backend):
         env = dict(os.environ)
         env.update(request.env)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        if gpus and self.jobs_per_gpu > 1:
-            env[GPU_MEMORY_FRACTION] = f"{1 / self.jobs_per_gpu:.4f}"
+        if gpus:
+            env.update(request.resources.sharing_environment())
         if gpus and self.mps:
             self._mps_daemon.start()
             env.update(self._mps_daemon.environment())

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from affvx.cluster import pbs_qstat
-from affvx.cluster.arrays import SubmititArrayBackend, job_name, shared_options
+from affvx.cluster.arrays import SubmititArrayBackend, shared_options
 from affvx.cluster.base import (
     BackendOption,
     Capabilities,
@@ -39,7 +39,7 @@ from affvx.cluster.base import (
     SchedulerState,
 )
 from affvx.cluster.errors import ClusterError
-from affvx.cluster.task import TaskCommand, granted_cpus, visible_gpus
+from affvx.cluster.task import TaskCommand, TaskPack, granted_cpus, visible_gpus
 
 DEFAULT_MAX_ARRAY_SIZE = 10000
 FLAVOUR_CHOICES = ("auto", "pbspro", "torque")
@@ -50,7 +50,7 @@ class RunCommand:
     """What a PBS task runs (pickled by submitit): the job's command through the task shim,
     ending with the job's own exit status."""
 
-    task: TaskCommand
+    task: TaskCommand | TaskPack
 
     def __call__(self) -> int:
         environment = pbs_job_environment()
@@ -151,10 +151,9 @@ class PbsBackend(SubmititArrayBackend):
 
         scripts = []
         for chunk in self._chunks(requests, self._max_array_size or DEFAULT_MAX_ARRAY_SIZE):
-            first = chunk[0]
-            folder = self._folder(first)
+            folder = self._folder(chunk[0][0])
             command = submitit_command(self.quoted_python(), folder, LEAN_ENTRY)
-            parameters = self.parameters(first.resources, job_name(first))
+            parameters = self.array_parameters(chunk)
             scripts.append(qsub_script(command, folder, array_size=len(chunk), **parameters))
         return scripts
 
@@ -164,12 +163,12 @@ class PbsBackend(SubmititArrayBackend):
         # a RunCommand needs nothing of submitit in the job: the lean entry starts in half the time
         return PbsExecutor(folder, python=self.quoted_python(), entry=LEAN_ENTRY)
 
-    def _task_callable(self, task: TaskCommand) -> RunCommand:
+    def _task_callable(self, task: TaskCommand | TaskPack) -> RunCommand:
         return RunCommand(task)
 
     # -- the contract -------------------------------------------------------------------------
 
-    def poll(self, ids: list[str]) -> dict[str, SchedulerState]:
+    def poll_tasks(self, ids: list[str]) -> dict[str, SchedulerState]:
         if not ids:
             return {}
         jobs = pbs_qstat.query(ids, self.flavour)
@@ -186,7 +185,7 @@ class PbsBackend(SubmititArrayBackend):
         self._last_seen.update(states)
         return states
 
-    def cancel(self, ids: list[str]) -> None:
+    def cancel_tasks(self, ids: list[str]) -> None:
         if ids:
             pbs_qstat.run(["qdel", *ids])
 

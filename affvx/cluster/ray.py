@@ -39,6 +39,7 @@ from affvx.cluster.base import (
     JobEnvironment,
     JobRequest,
     JobStatus,
+    Resources,
     SchedulerState,
     job_time_limit_s,
 )
@@ -98,7 +99,7 @@ class RayBackend(Backend):
             float,
             None,
             "GPUs per job, fractions allowed (0.25: four jobs share a GPU) "
-            "[default: the job's whole GPUs]",
+            "[default: the job's GPUs, 1/N of one with --jobs-per-gpu N]",
             minimum=0,
         ),
         BackendOption(
@@ -286,7 +287,7 @@ class RayBackend(Backend):
         options: dict[str, Any] = {
             "name": request.key,
             "num_cpus": resources.cpus,
-            "num_gpus": self.num_gpus if self.num_gpus is not None else resources.gpus,
+            "num_gpus": self.num_gpus if self.num_gpus is not None else _gpus(resources),
             "max_retries": self.max_retries,
             "retry_exceptions": False,
         }
@@ -396,3 +397,8 @@ def _amounts(texts: list[str]) -> dict[str, float]:
 
 def _first_line(error: BaseException) -> str:
     return next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+def _gpus(resources: Resources) -> float:
+    """A job's GPUs as Ray counts them: 1/N of one for a job that shares its GPU N ways."""
+    return 1 / resources.jobs_per_gpu if resources.shares_gpu else float(resources.gpus)

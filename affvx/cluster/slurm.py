@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affvx.cluster.arrays import SubmititArrayBackend, job_name, shared_options
+from affvx.cluster.arrays import SubmititArrayBackend, shared_options
 from affvx.cluster.base import (
     EXIT_REQUEUE,
     BackendOption,
@@ -43,7 +43,7 @@ from affvx.cluster.base import (
     SchedulerState,
 )
 from affvx.cluster.errors import ClusterError, SchedulerCommandError
-from affvx.cluster.task import TaskCommand, granted_cpus, visible_gpus
+from affvx.cluster.task import TaskCommand, TaskPack, granted_cpus, visible_gpus
 
 DEFAULT_MAX_ARRAY_SIZE = 1001
 STATES = {
@@ -77,7 +77,7 @@ class RunCommand:
     ending the job.
     """
 
-    task: TaskCommand
+    task: TaskCommand | TaskPack
 
     def __call__(self) -> int:
         code = self.task.run(slurm_job_environment(), _own_job_id())
@@ -219,9 +219,8 @@ class SlurmBackend(SubmititArrayBackend):
 
         scripts = []
         for chunk in self._chunks(requests, self._array_size_or_default()):
-            first = chunk[0]
-            folder = self._folder(first)
-            parameters = self.parameters(first.resources, job_name(first))
+            folder = self._folder(chunk[0][0])
+            parameters = self.array_parameters(chunk)
             if len(chunk) > 1:
                 parameters["map_count"] = len(chunk)
             command = " ".join(
@@ -235,7 +234,7 @@ class SlurmBackend(SubmititArrayBackend):
 
         return submitit.SlurmExecutor(folder=folder, python=self._python_command())
 
-    def _task_callable(self, task: TaskCommand) -> RunCommand:
+    def _task_callable(self, task: TaskCommand | TaskPack) -> RunCommand:
         return RunCommand(task)
 
     def _python_command(self) -> str:
@@ -243,7 +242,7 @@ class SlurmBackend(SubmititArrayBackend):
 
     # -- the contract -------------------------------------------------------------------------
 
-    def poll(self, ids: list[str]) -> dict[str, SchedulerState]:
+    def poll_tasks(self, ids: list[str]) -> dict[str, SchedulerState]:
         if not ids:
             return {}
         states: dict[str, SchedulerState] = {}
@@ -260,7 +259,7 @@ class SlurmBackend(SubmititArrayBackend):
                 states[job_id] = state
         return {i: states.get(i, SchedulerState(JobStatus.UNKNOWN)) for i in ids}
 
-    def cancel(self, ids: list[str]) -> None:
+    def cancel_tasks(self, ids: list[str]) -> None:
         if ids:
             _run(["scancel", *ids], check=False)
 

@@ -22,7 +22,7 @@ from affvx.orchestrator.config import ExperimentConfig, check_backend_sections, 
 from affvx.orchestrator.errors import ConfigError
 from affvx.orchestrator.plan import PlannedJob
 from affvx.orchestrator.rundir import RunDir
-from affvx.protocol import BACKEND, DEVICE
+from affvx.protocol import BACKEND, CUDA_GRAPHS, DEVICE
 
 
 def with_backend_options(
@@ -76,7 +76,9 @@ def job_requests(
     """What the backend runs for each job: the worker, with the job's resources."""
     root = run.path.resolve()
     resources: Resources = config.resources
-    env = ((BACKEND, backend.name), (DEVICE, "cuda" if resources.gpus else "cpu"))
+    env: tuple[tuple[str, str], ...] = ((BACKEND, backend.name), (DEVICE, "cpu"))
+    if resources.gpus:
+        env = ((BACKEND, backend.name), (DEVICE, "cuda"), (CUDA_GRAPHS, resources.cuda_graphs))
     return [
         JobRequest(
             key=job.job_id,

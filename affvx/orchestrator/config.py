@@ -10,7 +10,8 @@ RUN/experiment.toml, and compared on every later launch of the run.
 
     [model]      name = "lfan", channels = 64, ...        (affvx.trainers.spec.ModelConfig)
     [training]   lr = 3e-4, max_epochs = 30, ...          (affvx.trainers.spec.TrainSpec)
-    [resources]  cpus = 1, gpus = 0, mem_gb, time_limit_min (or time_limit = "2h")
+    [resources]  cpus = 1, gpus = 0 (or a share, 0.25), jobs_per_gpu = 1, mem_gb,
+                 time_limit_min (or time_limit = "2h"), cuda_graphs = "auto"
     [backend]    name = "local", max_retries = 2, [backend.local] max_parallel = 2
 
 Every value has one meaning, the same as the flag of the same name:
@@ -208,11 +209,19 @@ def _table(value: Any, name: str, source: str) -> dict[str, Any]:
 
 
 def _spelled_once(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """`[resources] time_limit = "2h"` becomes time_limit_min = 120 (the spelling saved)."""
+    """`[resources] time_limit = "2h"` becomes time_limit_min = 120, and `gpus = 0.25`
+    becomes gpus = 1, jobs_per_gpu = 4 (the spellings saved)."""
     resources = data.get("resources")
-    if not isinstance(resources, dict) or "time_limit" not in resources:
+    if not isinstance(resources, dict):
         return dict(data)
     resources = dict(resources)
+    if isinstance(resources.get("gpus"), float):
+        gpus, jobs_per_gpu = gpu_share(
+            resources["gpus"], resources.get("jobs_per_gpu"), f"{source}: [resources] gpus ="
+        )
+        resources.update(gpus=gpus, jobs_per_gpu=jobs_per_gpu)
+    if "time_limit" not in resources:
+        return {**data, "resources": resources}
     if "time_limit_min" in resources:
         raise ConfigError(
             f"{source}: [resources] has both time_limit and time_limit_min: keep one"
@@ -291,6 +300,31 @@ def parse_seeds(text: str, what: str = "--seeds") -> tuple[int, ...]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def gpu_share(gpus: float, jobs_per_gpu: int | None, what: str = "--gpus") -> tuple[int, int]:
+    """(GPUs per job, jobs per GPU) from a GPU count that may be a fraction 1/N (0.25: four
+    jobs share a GPU) and an explicit jobs-per-GPU (None: not given)."""
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not math.isfinite(gpus):
+        raise ConfigError(f"{what} {gpus!r}: give a number of GPUs, or a share such as 0.25")
+    if gpus >= 1 or gpus == 0:
+        if gpus != int(gpus):
+            raise ConfigError(
+                f"{what} {gpus:g}: a job takes whole GPUs, or one share of one GPU "
+                "(0.5, 0.25, ...: 1/N, N jobs per GPU)"
+            )
+        return int(gpus), jobs_per_gpu or 1
+    share = round(1 / gpus) if gpus > 0 else 0
+    if gpus < 0 or share < 2 or abs(1 / share - gpus) > 1e-3:
+        raise ConfigError(
+            f"{what} {gpus:g}: a share of a GPU is 1/N (0.5, 0.25, 0.125: N jobs per GPU)"
+        )
+    if jobs_per_gpu not in (None, share):
+        raise ConfigError(
+            f"{what} {gpus:g} is {share} jobs per GPU, but {jobs_per_gpu} jobs per GPU are "
+            "asked for too: give one of them"
+        )
+    return 1, share
 
 
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"

@@ -18,7 +18,7 @@ Policy (tested on a fake backend in tests/orchestrator/test_pool.py):
 - a job that failed, or that the scheduler lost (UNKNOWN without a result), is submitted
   again up to `max_retries` times per submission; then it ends FAILED -- unless its files
   say it checkpointed to run again (a scheduler without job history forgets finished
-  jobs), which is a requeue;
+  jobs; a task of packed jobs has one status for all), which is a requeue;
 - a job that exited with EXIT_INPUT failed deterministically and is never retried;
 - a job requeued STALLED_REQUEUES times in a row without training a batch more (a time
   limit shorter than its start-up) ends FAILED, saying so, instead of looping forever;
@@ -235,8 +235,10 @@ class JobPool:
             self._end(item, Outcome.CANCELLED)
             return False
         code = state.exit_code
-        if state.status is JobStatus.UNKNOWN and _checkpointed_to_requeue(item):
-            code = EXIT_REQUEUE  # the scheduler forgot it, but its files say how it ended
+        if code != EXIT_REQUEUE and _checkpointed_to_requeue(item):
+            # its files say how it ended, where the scheduler forgot it or reports the
+            # status of a whole task of packed jobs
+            code = EXIT_REQUEUE
         if code == EXIT_REQUEUE:
             if self._stalled(item):
                 self._end(item, Outcome.FAILED, STALLED_REASON)

@@ -3,9 +3,10 @@
 It records the attempt (state.json RUNNING, a heartbeat every few seconds, progress.json),
 runs the trainer, records how the attempt ended in attempts.jsonl and state.json, and exits
 with the status of the job protocol (affvx.protocol): 0 complete, 75 checkpointed and to be
-requeued, 2 failed deterministically (bad input; never retried), 1 failed. What it knows of
-its allocation -- scheduler id, CPUs, time limit, device -- comes from the AFFVX_* variables
-that every backend sets (JobEnvironment), never from a scheduler's own variables.
+requeued, 76 checkpointed because the job was cancelled, 2 failed deterministically (bad
+input; never retried), 1 failed. What it knows of its allocation -- scheduler id, CPUs, time
+limit, device -- comes from the AFFVX_* variables that every backend sets (JobEnvironment),
+never from a scheduler's own variables.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from affvx.orchestrator.ledger import (
 )
 from affvx.orchestrator.plan import PlannedJob, spec_for
 from affvx.orchestrator.rundir import RunDir
-from affvx.protocol import EXIT_COMPLETE, EXIT_FAILED, EXIT_INPUT, EXIT_REQUEUE, JobEnvironment
+from affvx.protocol import (
+    EXIT_CANCELLED,
+    EXIT_COMPLETE,
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_REQUEUE,
+    JobEnvironment,
+)
 from affvx.storage.atomic import atomic_write_json
 from affvx.trainers.errors import DivergenceError
 
@@ -109,8 +117,8 @@ def heartbeat(files: JobFiles, interval_s: float = HEARTBEAT_INTERVAL_S) -> Iter
         while not stop.wait(interval_s):
             with contextlib.suppress(OSError):
                 files.touch_heartbeat()
-            if not asked and (files.path / STAND_DOWN_FILE).exists():
-                asked = True  # a newer attempt has started: checkpoint and leave it the job
+            if not asked and _told_to_stop(files):
+                asked = True  # checkpoint and leave: see _told_to_stop
                 os.kill(os.getpid(), signal.SIGTERM)
 
     files.touch_heartbeat()
@@ -121,6 +129,15 @@ def heartbeat(files: JobFiles, interval_s: float = HEARTBEAT_INTERVAL_S) -> Iter
     finally:
         stop.set()
         thread.join()
+
+
+def _told_to_stop(files: JobFiles) -> bool:
+    """A newer attempt has started (the stand-down file), or the job has been cancelled
+    (its mark): the attempt stops wherever it runs, even where the scheduler cannot signal
+    it alone (a job packed with others into one array task)."""
+    if (files.path / STAND_DOWN_FILE).exists():
+        return True
+    return bool((files.submission() or {}).get("cancelled_utc"))
 
 
 STAND_DOWN_WAIT_S = 120.0  # an older attempt's time to checkpoint and exit
@@ -235,6 +252,11 @@ def run_worker(run_path: Path, job_id: str) -> int:
     job = run.job(job_id)
     files = JobFiles(run.job_dir(job_id))
     files.path.mkdir(parents=True, exist_ok=True)
+    # a task run again (a requeued pack of jobs) meets jobs that have ended meanwhile
+    if files.result() is not None:
+        return EXIT_COMPLETE
+    if (files.submission() or {}).get("cancelled_utc"):
+        return EXIT_CANCELLED
     with sole_attempt(files):
         return _run_attempt(run, job, files)
 
@@ -271,7 +293,7 @@ def _run_attempt(run: RunDir, job: PlannedJob, files: JobFiles) -> int:
     cancelled = bool((files.submission() or {}).get("cancelled_utc"))
     stopped_by = f"stopped by {outcome.stop_reason}" if outcome.stop_reason else ""
     files.close_attempt(state, "cancelled" if cancelled else "preempted", reason=stopped_by)
-    return EXIT_REQUEUE
+    return EXIT_CANCELLED if cancelled else EXIT_REQUEUE
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from affvx.cluster.base import JobStatus
+from affvx.cluster.base import JobStatus, Resources
 from affvx.cluster.errors import ClusterError
 from affvx.cluster.local import LocalBackend
 from tests.support.backend_suite import SIGNAL_RECORDER, python_job
@@ -143,10 +143,11 @@ def test_jobs_per_gpu_puts_n_jobs_on_a_gpu_spreading_them_first(
 ) -> None:
     cpus = sorted(os.sched_getaffinity(0))[:2]
     keys = ["a", "b"]
-    with LocalBackend(
-        cpus=cpus, gpus=fake_gpus, jobs_per_gpu=2, slot_dir=str(tmp_path / "s")
-    ) as backend:
-        jobs = [python_job(tmp_path, key, ON_GPU_UNTIL_RELEASED, gpus=1) for key in keys]
+    with LocalBackend(cpus=cpus, gpus=fake_gpus, slot_dir=str(tmp_path / "s")) as backend:
+        jobs = [
+            python_job(tmp_path, key, ON_GPU_UNTIL_RELEASED, gpus=1, jobs_per_gpu=2)
+            for key in keys
+        ]
         ids = backend.submit(jobs)
         wait_for_jobs(
             backend,
@@ -200,10 +201,9 @@ def test_without_sharing_a_gpu_goes_to_one_job(tmp_path: Path) -> None:
     assert gpu_lines(tmp_path, ["a", "b"], ids) == ["0 None", "0 None"]
 
 
-def test_jobs_per_gpu_refuses_a_job_of_several_gpus(tmp_path: Path) -> None:
-    backend = LocalBackend(gpus=["0", "1"], jobs_per_gpu=2, slot_dir=str(tmp_path / "s"))
-    with pytest.raises(ClusterError, match="--jobs-per-gpu 2 shares a GPU"):
-        backend.check_fits([python_job(tmp_path, "two", "pass", gpus=2)])
+def test_jobs_per_gpu_refuses_a_job_of_several_gpus() -> None:
+    with pytest.raises(ValueError, match="jobs_per_gpu = 2 shares one GPU"):
+        Resources(gpus=2, jobs_per_gpu=2)
 
 
 def test_mps_without_a_gpu_or_without_mps_is_one_note_and_no_mps(
