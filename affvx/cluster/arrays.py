@@ -127,7 +127,7 @@ class SubmititArrayBackend(Backend):
     def submit(self, requests: list[JobRequest]) -> list[str]:
         if not requests:
             return []
-        ids: list[str] = []
+        ids: dict[int, str] = {}  # id(request) -> its scheduler id
         for chunk in self._chunks(requests, self.max_array_size()):
             first = chunk[0][0]
             executor = self._executor(self._folder(first))
@@ -145,8 +145,8 @@ class SubmititArrayBackend(Backend):
                     f"{self.submit_command} refused the jobs: {' '.join(str(error).split())}"
                 ) from None
             for job, group in zip(jobs, chunk):
-                ids.extend(_member_ids(job.job_id, len(group)))
-        return ids
+                ids.update(zip(map(id, group), _member_ids(job.job_id, len(group))))
+        return [ids[id(request)] for request in requests]
 
     def poll(self, ids: list[str]) -> dict[str, SchedulerState]:
         """Each id's state; a packed job's is its task's (the pool reads the job's own

@@ -51,8 +51,10 @@ def test_slurm_packs_n_jobs_into_an_array_task_that_holds_one_gpu() -> None:
         "#SBATCH --gpus-per-node=1",
         "#SBATCH --cpus-per-task=8",  # 4 jobs x 2 CPUs
         "#SBATCH --mem=32768MB",  # 4 jobs x 8 GB
-        "# affvx: 24 jobs in 6 array tasks, up to 4 side by side in each on its one GPU "
-        "(--jobs-per-gpu)",
+        (
+            "# affvx: 24 jobs in 6 array tasks, up to 4 side by side in each on its one GPU "
+            "(--jobs-per-gpu)"
+        ),
     ):
         assert expected in lines, expected
 
@@ -62,8 +64,10 @@ def test_pbs_packs_n_jobs_into_an_array_task_that_holds_one_gpu() -> None:
     for expected in (
         "#PBS -J 0-2",  # 10 jobs, at most 4 a task: 3 tasks (4, 3 and 3 jobs)
         "#PBS -l select=1:ncpus=8:ngpus=1:mem=32768mb",
-        "# affvx: 10 jobs in 3 array tasks, up to 4 side by side in each on its one GPU "
-        "(--jobs-per-gpu)",
+        (
+            "# affvx: 10 jobs in 3 array tasks, up to 4 side by side in each on its one GPU "
+            "(--jobs-per-gpu)"
+        ),
     ):
         assert expected in lines, expected
 

@@ -159,6 +159,9 @@ def _retry(action, what: str, timeout_s: float = 60.0) -> None:  # type: ignore[
             time.sleep(0.2)
 
 
+FAKE_GPUS = 2
+
+
 def start_cluster(root: Path, *, accounting: bool = False) -> SlurmCluster:
     """Start munged, (with accounting: MariaDB and slurmdbd,) slurmctld and slurmd."""
     for program in ("munged", "slurmctld", "slurmd", "sbatch"):
@@ -215,10 +218,15 @@ SlurmctldDebug=debug
 SlurmdDebug=debug
 MinJobAge=600
 SchedulerParameters=sched_interval=1
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+GresTypes=gpu
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} Gres=gpu:{FAKE_GPUS} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
     )
+    # GPUs that are plain files, not devices: enough to schedule jobs that ask for one
+    for number in range(FAKE_GPUS):
+        (root / f"fake-gpu{number}").touch()
+    (root / "gres.conf").write_text(f"Name=gpu File={root}/fake-gpu[0-{FAKE_GPUS - 1}]\n")
     cluster = SlurmCluster(root=root, conf=conf, env={"SLURM_CONF": str(conf)})
     cluster.run("slurmctld", "-i", "-f", str(conf))
     cluster.run("slurmd", "-f", str(conf))
