@@ -586,7 +586,10 @@ def main() -> None:
             gpu_grids(parse_counts(args.jobs_per_gpu, cores)), base, jobs_total, timeout_s, gpu
         )
         best = best_shared(runs)
-        runs += run_all(graph_grids(best), base, jobs_total, timeout_s, gpu) if best else []
+        if best is None:
+            print("no --jobs-per-gpu grid completed: the --cuda-graphs on / off rows are left out")
+        else:
+            runs += run_all(graph_grids(best), base, jobs_total, timeout_s, gpu)
     section = report(runs, base, steps, steps_note, gpu, args.quick)
     print("\n" + section)
     print(plot_walls(runs, OUT / "gpu_grid_wall.png"))
