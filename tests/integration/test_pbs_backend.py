@@ -10,6 +10,7 @@ import pytest
 from affvx.cluster.base import JobStatus
 from affvx.cluster.pbs import PbsBackend
 from tests.support.backend_suite import BackendConformance, python_job
+from tests.support.packing import SIDE_BY_SIDE, shared_job
 from tests.support.runs import process_state, wait_until
 
 pytestmark = pytest.mark.pbs
@@ -92,3 +93,19 @@ def test_submitit_users_get_pbs_from_the_plugin(pbs, tmp_path: Path) -> None:
     assert [j.result() for j in squares] == [1, 4, 9]
     assert len({j.job_id.split("[")[0] for j in squares}) == 1  # one job array
     assert squares[0].get_info(mode="force")["State"] == "COMPLETED"
+
+
+def test_jobs_that_share_a_gpu_run_side_by_side_in_one_subjob(pbs, tmp_path: Path) -> None:
+    backend = PbsBackend(poll_interval_s=1.0)
+    jobs = [
+        shared_job(tmp_path, "a0", SIDE_BY_SIDE, "a1"),
+        shared_job(tmp_path, "a1", SIDE_BY_SIDE, "a0"),
+    ]
+    ids = backend.submit(jobs)
+    assert [job_id.rpartition("#")[2] for job_id in ids] == ["0/2", "1/2"]
+    assert len({job_id.rpartition("#")[0] for job_id in ids}) == 1  # one PBS job holds both
+    BackendConformance().wait_for(
+        backend, ids, lambda s: all(not x.status.is_active() for x in s.values())
+    )
+    assert {(s.status, s.exit_code) for s in backend.poll(ids).values()} == {(JobStatus.EXITED, 0)}
+    assert [(tmp_path / f"{job.key}.id").read_text() for job in jobs] == ids

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from affvx.cluster.ray import RayBackend
+from affvx.cluster.task import TaskCommand
 from tests.support.backend_suite import BackendConformance, python_job
 from tests.support.runs import wait_until
 
@@ -75,6 +76,16 @@ def test_a_fraction_of_a_gpu_and_extra_resources_reach_ray(tmp_path: Path) -> No
     assert options["runtime_env"] == {"env_vars": {"A": "1"}}
     [shown] = backend.render([python_job(tmp_path, "frac", "pass")])
     assert "num_gpus=0.25" in shown and "127.0.0.1" in shown
+
+
+def test_a_job_that_shares_its_gpu_asks_ray_for_its_share(tmp_path: Path) -> None:
+    shared = python_job(tmp_path, "quarter", "pass", gpus=1, jobs_per_gpu=4)
+    assert RayBackend().task_options(shared)["num_gpus"] == 0.25
+    assert (
+        RayBackend().task_options(python_job(tmp_path, "whole", "pass", gpus=1))["num_gpus"] == 1.0
+    )
+    task = TaskCommand.for_request(shared, None)
+    assert ("AFFVX_GPU_MEMORY_FRACTION", "0.2500") in task.env  # each takes 1/4 of the memory
 
 
 OBSERVER = """

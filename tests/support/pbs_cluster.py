@@ -139,7 +139,16 @@ def start_cluster() -> PbsCluster:
         },
     )
     cluster.qmgr("set server operators += root@*")  # qrerun, as a site operator would
+    # GPUs that no process can use, only count, as a site defines them (PBS has no ngpus
+    # of its own): enough to schedule jobs that ask for one
+    node = cluster.run("pbsnodes", "-a").stdout.split("\n", 1)[0].strip()
+    qmgr = str(PREFIX / "bin" / "qmgr")
+    cluster.run(qmgr, "-c", "create resource ngpus type=long, flag=nh", check=False)  # or had
+    cluster.qmgr(f"set node {node} resources_available.ngpus = {FAKE_GPUS}")
     return cluster
+
+
+FAKE_GPUS = 2
 
 
 def stop_cluster(cluster: PbsCluster) -> None:
