@@ -35,6 +35,8 @@ CPUS = "AFFVX_CPUS"
 GPUS = "AFFVX_GPUS"
 TIME_LIMIT_S = "AFFVX_TIME_LIMIT_S"
 DEVICE = "AFFVX_DEVICE"
+# whether the job captures its training step as a CUDA graph: auto, on or off
+CUDA_GRAPHS = "AFFVX_CUDA_GRAPHS"
 # the share of its GPU's memory a job may take when N jobs share one GPU (1/N)
 GPU_MEMORY_FRACTION = "AFFVX_GPU_MEMORY_FRACTION"
 
@@ -62,7 +64,8 @@ class JobEnvironment:
     `time_limit_s` counts from the job process's start: by then it must have checkpointed
     and exited (the backend has already taken its own safety margin off). None: no limit.
     `cpus` is what the scheduler granted (None: unknown, use the CPU affinity); `gpus` the
-    visible GPU ids as the scheduler lists them.
+    visible GPU ids as the scheduler lists them. `device` and `cuda_graphs` are passed on to
+    the trainer as they are (it checks them).
     """
 
     scheduler_job_id: str = ""
@@ -71,6 +74,7 @@ class JobEnvironment:
     gpus: tuple[str, ...] = ()
     time_limit_s: float | None = None
     device: str = "auto"
+    cuda_graphs: str = "auto"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
@@ -84,6 +88,7 @@ class JobEnvironment:
             gpus=tuple(g for g in env.get(GPUS, "").split(",") if g.strip()),
             time_limit_s=_seconds(limit),
             device=env.get(DEVICE, "") or "auto",
+            cuda_graphs=env.get(CUDA_GRAPHS, "") or "auto",
         )
 
     def time_left_s(self) -> float | None:
@@ -103,6 +108,8 @@ class JobEnvironment:
             variables[TIME_LIMIT_S] = f"{self.time_limit_s:.3f}"
         if self.device != "auto":
             variables[DEVICE] = self.device
+        if self.cuda_graphs != "auto":
+            variables[CUDA_GRAPHS] = self.cuda_graphs
         return variables
 
 
