@@ -459,13 +459,11 @@ def test_the_captured_step_trains_like_the_eager_one_and_sees_a_new_learning_rat
         chosen = [trainer.windows[i : i + BATCH] for i in range(0, 40, BATCH)]
         batches = list(trainer.batches.batches(chosen))
         trainer.model.train()
-        step = (CapturedStep if capture else EagerStep)(
-            trainer.model,
-            trainer.optimizer,
-            *([batches[0]] if capture else []),
-            trainer._autocast,
-            loss_sum,
-        )
+        model, optimizer, autocast = trainer.model, trainer.optimizer, trainer._autocast
+        if capture:
+            step = CapturedStep(model, optimizer, batches[0], autocast, loss_sum)
+        else:
+            step = EagerStep(model, optimizer, autocast, loss_sum)
         for batch in batches:
             step(batch)
         runs.append((parameters(trainer), loss_sum.item()))
