@@ -67,7 +67,8 @@ class JobEnvironment:
     `time_limit_s` counts from the job process's start: by then it must have checkpointed
     and exited (the backend has already taken its own safety margin off). None: no limit.
     `cpus` is what the scheduler granted (None: unknown, use the CPU affinity); `gpus` the
-    visible GPU ids as the scheduler lists them.
+    visible GPU ids as the scheduler lists them. `device` and `cuda_graphs` are passed on to
+    the trainer as they are (it checks them).
     """
 
     scheduler_job_id: str = ""
@@ -76,6 +77,7 @@ class JobEnvironment:
     gpus: tuple[str, ...] = ()
     time_limit_s: float | None = None
     device: str = "auto"
+    cuda_graphs: str = "auto"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
@@ -89,6 +91,7 @@ class JobEnvironment:
             gpus=tuple(g for g in env.get(GPUS, "").split(",") if g.strip()),
             time_limit_s=_seconds(limit),
             device=env.get(DEVICE, "") or "auto",
+            cuda_graphs=env.get(CUDA_GRAPHS, "") or "auto",
         )
 
     def time_left_s(self) -> float | None:
@@ -108,6 +111,8 @@ class JobEnvironment:
             variables[TIME_LIMIT_S] = f"{self.time_limit_s:.3f}"
         if self.device != "auto":
             variables[DEVICE] = self.device
+        if self.cuda_graphs != "auto":
+            variables[CUDA_GRAPHS] = self.cuda_graphs
         return variables
 
 

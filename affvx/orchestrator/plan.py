@@ -190,8 +190,10 @@ def spec_for(
     threads: int | None = None,
     time_limit_s: float | None = None,
     device: str = "auto",
+    cuda_graphs: str = "auto",
 ) -> TrainSpec:
-    """The trainer's spec for one job of the grid (with its candidate's parameters)."""
+    """The trainer's spec for one job of the grid (with its candidate's parameters);
+    `threads`, `time_limit_s`, `device` and `cuda_graphs` are the attempt's runtime settings."""
     if job.params:
         config = with_params(config, dict(job.params))
     fold = folds.fold(job.fold)
@@ -209,6 +211,7 @@ def spec_for(
         **{name: getattr(config.training, name) for name in TRAINING_FIELDS},
         protocol=config.protocol,
         device=device,
+        cuda_graphs=cuda_graphs,
         threads=threads,
         time_limit_s=time_limit_s,
     )

@@ -5,8 +5,8 @@ runs the trainer, records how the attempt ended in attempts.jsonl and state.json
 with the status of the job protocol (affvx.protocol): 0 complete, 75 checkpointed and to be
 requeued, 76 checkpointed because the job was cancelled, 2 failed deterministically (bad
 input; never retried), 1 failed. What it knows of its allocation -- scheduler id, CPUs, time
-limit, device -- comes from the AFFVX_* variables that every backend sets (JobEnvironment),
-never from a scheduler's own variables.
+limit, device, CUDA graphs -- comes from the AFFVX_* variables that every backend sets
+(JobEnvironment), never from a scheduler's own variables.
 """
 
 from __future__ import annotations
@@ -271,6 +271,7 @@ def _run_attempt(run: RunDir, job: PlannedJob, files: JobFiles) -> int:
             job,
             time_limit_s=environment.time_left_s(),
             device=environment.device,
+            cuda_graphs=environment.cuda_graphs,
         )
         from affvx.trainers.job import run_job  # torch loads here, in the worker only
 

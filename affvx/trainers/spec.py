@@ -2,8 +2,8 @@
 
 A spec is plain data (JSON round trip), so any backend can carry it to a worker. Its
 `config_hash` covers everything that changes the job's result and nothing that does not
-(device, threads, time limit), so a checkpoint can be resumed under a new time limit but not
-under a new learning rate.
+(device, CUDA graphs, threads, time limit), so a checkpoint can be resumed under a new time
+limit but not under a new learning rate.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from affvx.trainers.errors import TrainerInputError
 EMOTIONS = ("valence", "arousal")
 MODELS = ("tcn", "lfan", "gru")
 DEVICES = ("auto", "cpu", "cuda")
+CUDA_GRAPHS = ("auto", "on", "off")
 
 # Settings that do not change what a job computes; kept out of the configuration hash.
-RUNTIME_FIELDS = ("device", "threads", "time_limit_s")
+RUNTIME_FIELDS = ("device", "cuda_graphs", "threads", "time_limit_s")
 # Optimisation and windowing settings: one value for every job of a grid ([training] in
 # experiment.toml, affvx.orchestrator.config.TrainingConfig, is made from these fields).
 TRAINING_FIELDS = (
@@ -88,6 +89,7 @@ class TrainSpec:
     test_trials: tuple[str, ...] | None = None  # None: every Test_Set trial of the store
     protocol: str = "abaw2"
     device: str = "auto"
+    cuda_graphs: str = "auto"  # capture the training step as a CUDA graph: auto, on, off
     threads: int | None = None
     time_limit_s: float | None = None
     recorded_store: str | None = None
@@ -117,6 +119,12 @@ class TrainSpec:
             )
         if self.device not in DEVICES:
             raise TrainerInputError(f"unknown device {self.device!r}: choose auto, cpu or cuda")
+        if self.cuda_graphs not in CUDA_GRAPHS:
+            raise TrainerInputError(
+                f"unknown --cuda-graphs {self.cuda_graphs!r}: choose auto, on or off"
+            )
+        if self.device == "cpu":
+            cuda_graphs_wanted(self.cuda_graphs, "cpu")
         for name in ("window", "hop", "batch_size", "max_epochs", "patience"):
             if getattr(self, name) < 1:
                 raise TrainerInputError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -164,8 +172,21 @@ class TrainSpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def with_runtime(self, **changes: Any) -> TrainSpec:
-        """A copy with other runtime settings (device, threads, time limit)."""
+        """A copy with other runtime settings (device, CUDA graphs, threads, time limit)."""
         bad = set(changes) - set(RUNTIME_FIELDS)
         if bad:
             raise ValueError(f"not runtime settings: {sorted(bad)}")
         return dataclasses.replace(self, **changes)
+
+
+def cuda_graphs_wanted(setting: str, device_type: str) -> bool:
+    """Whether a job on `device_type` ("cpu" or "cuda") should capture its training step as a
+    CUDA graph: `auto` and `on` on CUDA, never on the CPU, where `on` is a TrainerInputError."""
+    if device_type == "cuda":
+        return setting != "off"
+    if setting == "on":
+        raise TrainerInputError(
+            "--cuda-graphs on needs a CUDA device, but this job runs on the CPU; use "
+            "--cuda-graphs auto (or off), or run it where --device cuda finds a GPU"
+        )
+    return False

@@ -3,11 +3,13 @@
 A trial of n frames is cut into windows of length L starting at 0, H, 2H, ... while they fit,
 plus one window aligned to the trial's end (seed 002); a trial shorter than L gives one padded
 window whose padding is masked out of loss and metric. Batches are filled by copying
-zero-copy views of the store straight into preallocated buffers, normalising on the way.
+zero-copy views of the store straight into preallocated buffers, normalising on the way;
+`BatchStream` fills the next batch while the GPU still works on the current one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,7 +64,7 @@ class WindowReader:
 
     Normalisation statistics are fixed at construction (the fold's training frames). Buffers
     are reused between batches (pinned when `pin_memory`), so a batch is valid until the next
-    call to `batch()`.
+    call to `batch()`; `copy()` makes a reader with buffers of its own.
     """
 
     def __init__(
@@ -80,6 +82,8 @@ class WindowReader:
         self.modalities = modalities
         self.emotions = emotions
         self.length = length
+        self.normalisation = normalisation
+        self.pin_memory = pin_memory
         self.mean = {m: normalisation[m][0] for m in modalities}
         self.inv_std = {m: (1.0 / normalisation[m][1]).astype(np.float32) for m in modalities}
 
@@ -91,8 +95,21 @@ class WindowReader:
         self._label_mask = buffer(batch_size, length, len(emotions))
         self._frame_mask = buffer(batch_size, length)
 
-    def batch(self, windows: list[Window]) -> Batch:
-        """The batch of `windows` (at most batch_size of them)."""
+    def copy(self, batch_size: int) -> WindowReader:
+        """A reader of the same windows, with buffers of its own for `batch_size` windows."""
+        return WindowReader(
+            self.store,
+            modalities=self.modalities,
+            emotions=self.emotions,
+            normalisation=self.normalisation,
+            length=self.length,
+            batch_size=batch_size,
+            pin_memory=self.pin_memory,
+        )
+
+    def batch(self, windows: list[Window], pad_to: int | None = None) -> Batch:
+        """The batch of `windows` (at most batch_size of them); with `pad_to`, followed by
+        empty windows up to that many (all zero, masks 0: they change no loss)."""
         count = len(windows)
         inputs = {m: t.numpy() for m, t in self._inputs.items()}
         labels, label_mask = self._labels.numpy(), self._label_mask.numpy()
@@ -118,13 +135,49 @@ class WindowReader:
             labels[b, n:] = 0.0
             frame_mask[b, :n] = 1.0
             frame_mask[b, n:] = 0.0
+        rows = count if pad_to is None else pad_to
+        for array in (*inputs.values(), labels, label_mask, frame_mask):
+            array[count:rows] = 0.0
         return Batch(
-            {m: t[:count] for m, t in self._inputs.items()},
-            self._labels[:count],
-            self._label_mask[:count],
-            self._frame_mask[:count],
+            {m: t[:rows] for m, t in self._inputs.items()},
+            self._labels[:rows],
+            self._label_mask[:rows],
+            self._frame_mask[:rows],
             windows,
         )
+
+
+class BatchStream:
+    """The batches of a sequence of window lists, in order, on `device`.
+
+    With one reader (on the CPU) each batch is filled in that reader's buffers when it is
+    asked for and is valid until the next one. With two readers of pinned buffers (on CUDA)
+    they take turns: a batch is filled on the CPU while the GPU still runs the steps already
+    queued, copied to the device without blocking, and an event recorded after the copy. A
+    reader's buffers are filled again only once their previous copy's event has passed, so a
+    copy in flight never reads a buffer that is being overwritten (and the CPU stays a couple
+    of steps ahead of the GPU, no more). Either way the batches are the same.
+    `pad_to` pads every batch to that many windows (see WindowReader.batch).
+    """
+
+    def __init__(
+        self, readers: list[WindowReader], device: torch.device, pad_to: int | None = None
+    ) -> None:
+        self.readers = readers
+        self.device = device
+        self.pad_to = pad_to
+
+    def batches(self, chosen: Iterable[list[Window]]) -> Iterator[Batch]:
+        copied: list[torch.cuda.Event | None] = [None] * len(self.readers)
+        for index, windows in enumerate(chosen):
+            slot = index % len(self.readers)
+            if copied[slot] is not None:
+                copied[slot].synchronize()  # type: ignore[union-attr]
+            batch = self.readers[slot].batch(windows, self.pad_to).to(self.device)
+            if self.device.type == "cuda":
+                copied[slot] = torch.cuda.Event()
+                copied[slot].record()  # type: ignore[union-attr]
+            yield batch
 
 
 def trial_windows(
