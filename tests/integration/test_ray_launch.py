@@ -169,7 +169,12 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     start += ["--include-dashboard", "false", "--disable-usage-stats"]
     subprocess.run(start, check=True, capture_output=True)
     try:
-        yield {"auto": "auto", "gcs": f"127.0.0.1:{gcs}", "client": f"ray://127.0.0.1:{client}"}
+        yield {
+            "auto": "auto",
+            "gcs": f"127.0.0.1:{gcs}",
+            "client": f"ray://127.0.0.1:{client}",
+            "temp": str(temp),
+        }
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, check=False)
         shutil.rmtree(temp, ignore_errors=True)
@@ -186,10 +191,17 @@ def test_a_running_cluster_is_joined_by_each_kind_of_address(
         *("--backend", "ray", "--ray-address", ray_head[kind]),
     )
     _, err = launcher.communicate(timeout=300)
-    assert launcher.returncode == 0, err
+    assert launcher.returncode == 0, err + client_server_logs(Path(ray_head["temp"]))
     for job_dir in job_dirs(run):
         [attempt] = attempts(job_dir)
         assert (attempt["backend"], attempt["exit_reason"]) == ("ray", "completed")
+
+
+def client_server_logs(temp: Path) -> str:
+    """The ends of the Ray client servers' error logs (a client that could not connect is
+    explained there), for a failure's message."""
+    logs = sorted(temp.glob("session_latest/logs/ray_client_server*.err"))
+    return "".join(f"\n--- {log.name}:\n{log.read_text()[-3000:]}" for log in logs)
 
 
 def test_affvx_cancel_stops_the_ray_tasks_and_leaves_jobs_cancelled_or_complete(
