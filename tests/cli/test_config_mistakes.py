@@ -279,3 +279,36 @@ def test_a_runtime_env_flag_that_is_no_json_object_is_one_line(
         cli, tmp_path, small_store, "", "--backend", "ray", "--backend-option", "runtime_env=[1]"
     )
     assert_refused(result, "runtime_env='[1]': expected a JSON object")
+
+
+@pytest.mark.parametrize(
+    "flags, needles",
+    [
+        (("--gpus", "1.5"), ("--gpus 1.5: a job takes whole GPUs, or one share of one GPU",)),
+        (("--gpus", "0.3"), ("--gpus 0.3: a share of a GPU is 1/N",)),
+        (("--gpus", "0.5", "--jobs-per-gpu", "4"), ("--gpus 0.5 is 2 jobs per GPU", "give one")),
+        (("--jobs-per-gpu", "0"), ("--jobs-per-gpu 0: give at least 1",)),
+        (("--gpus", "2", "--jobs-per-gpu", "2"), ("shares one GPU among jobs of one GPU each",)),
+        (("--cuda-graphs", "maybe"), ("--cuda-graphs maybe: choose auto, on, off",)),
+        (("--gpus", "0.25"), ("asks for 1 GPUs; this machine has 0",)),  # no GPU here
+    ],
+)
+def test_a_wrong_gpu_request_is_one_line_before_anything_is_written(
+    small_store: Path, tmp_path: Path, cli, flags: tuple[str, ...], needles: tuple[str, ...]
+) -> None:
+    run = tmp_path / "run"
+    result = cli("launch", "--store", small_store, "--run", run, *BASE, *flags)
+    assert_refused(result, *needles)
+    assert not run.exists()
+
+
+def test_a_share_of_a_gpu_in_the_file_is_saved_as_jobs_per_gpu(
+    small_store: Path, tmp_path: Path
+) -> None:
+    from affvx.orchestrator.config import build_config, resolve_config, to_toml, tomllib
+
+    config = experiment_file(tmp_path, small_store, "[resources]\ngpus = 0.25")
+    resolved = resolve_config(flags={}, config_file=config)
+    assert (resolved.resources.gpus, resolved.resources.jobs_per_gpu) == (1, 4)
+    assert resolved.resources.shares_gpu
+    assert build_config(tomllib.loads(to_toml(resolved))).resources == resolved.resources
