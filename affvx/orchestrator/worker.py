@@ -274,6 +274,14 @@ def _run_attempt(run: RunDir, job: PlannedJob, files: JobFiles) -> int:
     return EXIT_REQUEUE
 
 
+def warm_up() -> None:
+    """What a warm starter (affvx.cluster.warm) runs once before it forks workers: the job
+    code's imports, lazy ones included."""
+    from affvx.trainers.job import warm_up as warm_up_job
+
+    warm_up_job()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
