@@ -94,8 +94,10 @@ class ProgressWriter:
         now = time.monotonic()
         if force or now - self._written >= self.min_interval_s:
             self._written = now
-            atomic_write_json(
-                self.files.path / "progress.json", {**self.data, "updated_utc": now_utc()}
+            atomic_write_json(  # a hint for status, rewritten often: not worth two fsyncs
+                self.files.path / "progress.json",
+                {**self.data, "updated_utc": now_utc()},
+                durable=False,
             )
 
 
