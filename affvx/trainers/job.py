@@ -297,11 +297,12 @@ def write_predictions(
 
 
 def warm_up() -> None:
-    """Import now what a job imports lazily on its way (torch's compiler stack, which the
-    first optimizer pulls in: over a second), for a process that forks jobs
-    (affvx.cluster.warm). Runs no tensor operation, so it starts no thread pool,
-    initialises no device and draws no random number."""
+    """Import now what a job imports lazily on its way -- torch's compiler stack, which the
+    first optimizer pulls in (over a second), and pandas, which pyarrow pulls in -- for a
+    process that forks jobs (affvx.cluster.warm). Runs no tensor operation, so it starts no
+    thread pool, initialises no device and draws no random number."""
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    np.asarray(pa.array([0.0]))  # pyarrow's first conversion to numpy imports pandas
 
 
 def choose_device(requested: str) -> torch.device:
