@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import signal
 import socket
@@ -296,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
 
         traceback.print_exc()
         code = EXIT_FAILED
+    # the job's files are written and closed: spare the interpreter's exit a garbage
+    # collection over all that torch and its compiler stack allocated (~1 s of every job)
+    gc.freeze()
     sys.exit(code)
 
 
