@@ -85,8 +85,9 @@ class WarmStarter:
 
     Contract: `start()` returns an object with Popen's `pid`, `args`, `returncode`, `poll()`,
     `wait(timeout)` (subprocess.TimeoutExpired), `send_signal()`, `terminate()` and
-    `kill()`; a job killed by a signal has returncode -signal. `close()` ends the server
-    (children still running get SIGTERM). A starter is used from one thread at a time.
+    `kill()`; a job killed by a signal has returncode -signal. The first start waits until
+    the server has imported its modules. `close()` ends the server (children still running
+    get SIGTERM). One lock guards the server's socket, so threads may share a starter.
     """
 
     def __init__(self, modules: Sequence[str], *, python: str = sys.executable) -> None:
@@ -183,8 +184,9 @@ class WarmStarter:
             "cpus": None if cpus is None else list(cpus),
         }
         with self._lock:
+            if self._socket is None:
+                return None
             try:
-                assert self._socket is not None
                 socket.send_fds(
                     self._socket, [json.dumps(request).encode()], [_fd(stdout), _fd(stderr)]
                 )

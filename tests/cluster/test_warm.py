@@ -125,7 +125,8 @@ CLIENT = textwrap.dedent(
     from affvx.cluster.warm import WarmStarter
     starter = WarmStarter(["tests.support.warm_job"])
     job = starter.start([sys.executable, "-m", "tests.support.warm_job", "sleep"],
-                        cwd=sys.argv[1], env=dict(os.environ), stdout=sys.stderr, stderr=sys.stderr)
+                        cwd=sys.argv[1], env=dict(os.environ),
+                        stdout=sys.stderr, stderr=sys.stderr)
     print(type(job).__name__, starter._server.pid, job.pid, flush=True)
     if sys.argv[2] == "close":
         starter.close()
