@@ -298,8 +298,8 @@ _SCALAR_COLUMNS = (
 
 
 def _read_parquet(path: Path) -> pa.Table:
-    # pq.read_table goes through pyarrow.dataset, whose import (it pulls in pandas) costs a
-    # job more than reading the file; one plain file needs none of it
+    # pq.read_table goes through pyarrow.dataset, an import that costs more than reading
+    # one plain file
     return pq.ParquetFile(path).read()
 
 
