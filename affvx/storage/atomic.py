@@ -74,10 +74,15 @@ def fsync_path(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_file(
+    path: Path | str, mode: str = "wb", *, durable: bool = True, sync_directory: bool = True
+) -> Iterator[IO[Any]]:
     """Open a temporary file that replaces `path` when the block exits without error.
 
-    On an exception the temporary file is removed and `path` is left as it was.
+    On an exception the temporary file is removed and `path` is left as it was. `durable`
+    False skips the fsyncs (still atomic for readers; after a crash the file may hold the old
+    or no content): for files that are only a hint. `sync_directory` False leaves the
+    directory's fsync to a caller that renames more in it and fsyncs it once at the end.
     """
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -88,12 +93,14 @@ def atomic_file(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fchmod(handle.fileno(), plain_file_mode())
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_path(path.parent)
+    if durable and sync_directory:
+        fsync_path(path.parent)
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
@@ -102,15 +109,16 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         handle.write(data)
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Replace `path` with `text` (UTF-8) atomically and durably."""
-    with atomic_file(path, "w") as handle:
+def atomic_write_text(path: Path | str, text: str, *, durable: bool = True) -> None:
+    """Replace `path` with `text` (UTF-8) atomically (and durably unless told not to)."""
+    with atomic_file(path, "w", durable=durable) as handle:
         handle.write(text)
 
 
-def atomic_write_json(path: Path | str, obj: Any) -> None:
-    """Replace `path` with `obj` as indented JSON, atomically and durably."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: Path | str, obj: Any, *, durable: bool = True) -> None:
+    """Replace `path` with `obj` as indented JSON, atomically (and durably unless told not
+    to: see atomic_file)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", durable=durable)
 
 
 def create_exclusive_bytes(path: Path | str, data: bytes) -> bool:

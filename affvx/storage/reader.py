@@ -86,7 +86,7 @@ class FeatureStore:
     def _read_trials(self) -> dict[str, np.ndarray]:
         path = self.path / fmt.TRIALS_FILE
         try:
-            table = pq.read_table(path)
+            table = _read_parquet(path)
         except (OSError, pa.ArrowException) as error:
             raise DamagedStoreError(
                 f"{path}: damaged or missing ({error}); rebuild the store"
@@ -238,7 +238,7 @@ class FeatureStore:
     def _oracle_moments(self) -> dict[str, np.ndarray] | None:
         if ORACLE_FILE not in self.manifest["files"]:
             return None
-        table = pq.read_table(self.path / ORACLE_FILE)
+        table = _read_parquet(self.path / ORACLE_FILE)
         self._oracle_index = {t: i for i, t in enumerate(table.column("trial").to_pylist())}
         return {
             name: table.column(name)
@@ -295,6 +295,12 @@ _SCALAR_COLUMNS = (
     "n_valid_valence",
     "n_valid_arousal",
 )
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    # pq.read_table goes through pyarrow.dataset, an import that costs more than reading
+    # one plain file
+    return pq.ParquetFile(path).read()
 
 
 def _fixed_size_view(column: pa.FixedSizeListArray, dim: int) -> np.ndarray:

@@ -35,7 +35,8 @@ def save_checkpoint(job_dir: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     latest, previous = job_dir / LATEST, job_dir / PREVIOUS
-    with atomic_file(job_dir / ".checkpoint.next", "wb") as handle:
+    # one directory fsync, after the last rename, makes all three renames durable
+    with atomic_file(job_dir / ".checkpoint.next", "wb", sync_directory=False) as handle:
         handle.write(buffer.getbuffer())
     if latest.exists():
         os.replace(latest, previous)

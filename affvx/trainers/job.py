@@ -296,6 +296,15 @@ def write_predictions(
         pq.write_table(table, handle)
 
 
+def warm_up() -> None:
+    """Import now what a job imports lazily on its way -- torch's compiler stack, which the
+    first optimizer pulls in (over a second), and pandas, which pyarrow pulls in -- for a
+    process that forks jobs (affvx.cluster.warm). Runs no tensor operation, so it starts no
+    thread pool, initialises no device and draws no random number."""
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    np.asarray(pa.array([0.0]))  # pyarrow's first conversion to numpy imports pandas
+
+
 def choose_device(requested: str) -> torch.device:
     """cpu, or cuda when asked for (or `auto`) and a CUDA device is really usable."""
     usable = torch.cuda.is_available() and torch.cuda.device_count() > 0
