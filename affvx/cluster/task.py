@@ -33,6 +33,7 @@ from affvx.protocol import (
 
 if TYPE_CHECKING:
     from affvx.cluster.base import JobRequest
+    from affvx.cluster.warm import WarmProcess, WarmStarter
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,23 @@ class TaskCommand:
         )[0]
 
     def spawn(
-        self, environment: JobEnvironment, log_name: str, elapsed_s: float
-    ) -> subprocess.Popen[bytes]:
-        """Start the command (call with stop signals blocked: the child inherits the mask);
-        `elapsed_s` of the job's time limit are gone already."""
+        self,
+        environment: JobEnvironment,
+        log_name: str,
+        elapsed_s: float,
+        starter: WarmStarter | None = None,
+    ) -> subprocess.Popen[bytes] | WarmProcess:
+        """Start the command (call with stop signals blocked: the child inherits the mask),
+        forked from `starter`'s warm server if given; `elapsed_s` of the job's time limit are
+        gone already."""
         os.makedirs(self.log_dir, exist_ok=True)
         log = os.path.join(self.log_dir, log_name or "task")
         env = self._environment(environment, elapsed_s)
         with open(f"{log}.out", "ab") as out, open(f"{log}.err", "ab") as err:
+            if starter is not None:
+                return starter.start(
+                    self.command, cwd=self.workdir, env=env, stdout=out, stderr=err
+                )
             return subprocess.Popen(
                 list(self.command), cwd=self.workdir, env=env, stdout=out, stderr=err
             )
@@ -123,7 +133,10 @@ class TaskPack:
     ) -> int:
         count = len(self.members)
         cpus = max((environment.cpus or count) // count, 1)
-        with _mps_environment(self.mps, environment.gpus) as mps_env:
+        with (
+            _mps_environment(self.mps, environment.gpus) as mps_env,
+            _warm_starter(self.members[0].command) as starter,
+        ):
             members = [
                 (
                     dataclasses.replace(member, env=(*member.env, *mps_env.items())),
@@ -135,7 +148,9 @@ class TaskPack:
                 )
                 for k, member in enumerate(self.members)
             ]
-            codes = run_side_by_side(members, log_name, sigint_means_cancel=sigint_means_cancel)
+            codes = run_side_by_side(
+                members, log_name, sigint_means_cancel=sigint_means_cancel, starter=starter
+            )
         return pack_exit_status(codes)
 
 
@@ -171,6 +186,19 @@ def pack_exit_status(codes: list[int]) -> int:
 
 
 @contextlib.contextmanager
+def _warm_starter(command: tuple[str, ...]) -> Iterator[WarmStarter | None]:
+    """A warm server for the pack's jobs (`python -m MODULE ...`): torch and the job code
+    are imported once per task, not once per job; None for other commands."""
+    if len(command) < 3 or command[1] != "-m":
+        yield None
+        return
+    from affvx.cluster.warm import WarmStarter
+
+    with WarmStarter([command[2]], python=command[0]) as starter:
+        yield starter
+
+
+@contextlib.contextmanager
 def _mps_environment(wanted: bool, gpus: tuple[str, ...]) -> Iterator[dict[str, str]]:
     """The variables that send a process's GPU work through a private MPS daemon, started
     here and stopped on leaving; {} when not wanted or not available (said on stderr)."""
@@ -197,15 +225,17 @@ def run_side_by_side(
     log_name: str,
     *,
     sigint_means_cancel: bool = False,
+    starter: WarmStarter | None = None,
 ) -> list[int]:
-    """Run each (command, environment) as a child at once; their exit statuses, in order.
+    """Run each (command, environment) as a child at once (forks of `starter`'s server,
+    if given); their exit statuses, in order.
 
     Stop signals that reach this process are forwarded to every child still running (see
     TaskCommand.run); this process's own handlers are back on return.
     """
     started = time.monotonic()
     scheduler_parent = os.getppid()  # gone later: the scheduler has let go of this task
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[subprocess.Popen[bytes] | WarmProcess] = []
 
     def forward(signum: int, frame: Any) -> None:
         if sigint_means_cancel and signum == signal.SIGINT:
@@ -220,7 +250,7 @@ def run_side_by_side(
         with stop_signals_blocked():
             for task, environment in members:
                 elapsed_s = time.monotonic() - started
-                children.append(task.spawn(environment, log_name, elapsed_s))
+                children.append(task.spawn(environment, log_name, elapsed_s, starter))
         return wait_all_running_handlers(children, parent_pid=scheduler_parent)
     finally:
         for signum, handler in previous.items():  # None: a handler set outside Python
@@ -228,7 +258,7 @@ def run_side_by_side(
 
 
 def wait_all_running_handlers(
-    children: list[subprocess.Popen[bytes]], parent_pid: int | None = None
+    children: list[subprocess.Popen[bytes] | WarmProcess], parent_pid: int | None = None
 ) -> list[int]:
     """Wait for every child, running this process's signal handlers within 50 ms of a
     signal, and end the children once the scheduler has let go of this task; their exit
@@ -275,7 +305,7 @@ def wait_all_running_handlers(
                 os.close(pidfd)
 
 
-def _pidfd(child: subprocess.Popen[bytes]) -> int | None:
+def _pidfd(child: subprocess.Popen[bytes] | WarmProcess) -> int | None:
     try:
         return os.pidfd_open(child.pid)
     except (AttributeError, OSError):  # an old kernel: poll instead

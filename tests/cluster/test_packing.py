@@ -228,3 +228,32 @@ def test_a_stop_signal_reaches_every_job_of_the_pack(tmp_path: Path) -> None:
         ["SIGTERM"],
         ["SIGTERM"],
     ]
+
+
+def test_a_pack_forks_its_worker_jobs_from_one_warm_server(tmp_path: Path) -> None:
+    """Jobs run as `python -m MODULE` (the worker) start as forks of one server that has
+    imported their code once, not as fresh interpreters."""
+    import json
+
+    members = []
+    for k, code in enumerate(("0", str(EXIT_REQUEUE))):
+        request = JobRequest(
+            key=f"m{k}",
+            command=(
+                sys.executable,
+                "-m",
+                "tests.support.pack_member",
+                str(tmp_path / f"m{k}"),
+                code,
+            ),
+            workdir=tmp_path,
+            log_dir=tmp_path / f"log{k}",
+            resources=SHARED,
+        )
+        members.append(TaskCommand.for_request(request, time_limit_s=None))
+    status = TaskPack(tuple(members)).run(JobEnvironment(scheduler_job_id="3", cpus=2), "3")
+    assert status == EXIT_REQUEUE
+    told = [json.loads((tmp_path / f"m{k}").read_text()) for k in range(2)]
+    parents = {t["parent"] for t in told}
+    assert len(parents) == 1 and parents != {os.getpid()}  # both forked by one server
+    assert [t["AFFVX_SCHEDULER_JOB_ID"] for t in told] == ["3#0/2", "3#1/2"]

@@ -125,10 +125,13 @@ def test_a_pruned_trial_has_its_unfinished_fold_jobs_cancelled(
     config.write_text(
         '[tune]\nwilcoxon_p = 1.0\nsampler = "random"\n'
         "[tune.space]\nlr = {low = 1e-6, high = 1e-1, log = true}\n"
+        "[training]\npatience = 40\n"
     )
     run = tmp_path / "run"
     args = tune_args(small_store, run, "--trials", 4, "--folds", 4, "--parallel", 1)
-    result = cli(*args, "--config", config)
+    # jobs of ~4 s (40 epochs of ~0.1 s, no early stop): a trial's later folds still run
+    # when its first two are judged, a driver's step (at most a second) later
+    result = cli(*args, "--epochs", 40, "--config", config)
     assert result.exit_code == 0, result.stderr
     study = journal_study(run)
     pruned = [t for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED"]
