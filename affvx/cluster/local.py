@@ -12,7 +12,6 @@ outlives its supervisor unseen.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import selectors
@@ -35,15 +34,12 @@ from affvx.cluster.base import (
     JobStatus,
     Resources,
     SchedulerState,
-    block_stop_signals,
     job_time_limit_s,
 )
 from affvx.cluster.errors import ClusterError
 from affvx.cluster.mps import MpsDaemon, mps_unavailable
 from affvx.cluster.slots import MachineSlots
-from affvx.cluster.warm import WarmProcess, WarmStarter
-
-_PR_SET_PDEATHSIG = 1
+from affvx.cluster.warm import WarmProcess, WarmStarter, start_plain
 
 
 @dataclass
@@ -348,19 +344,9 @@ class LocalBackend(Backend):
     ) -> subprocess.Popen[bytes] | WarmProcess:
         """The job's process: a fork of the warm server where it can, else a fresh one; in a
         session of its own, pinned to `cpus`, stop signals blocked, SIGTERM when we die."""
-        if self._starter is not None:
-            return self._starter.start(
-                request.command, cwd=request.workdir, env=env, stdout=out, stderr=err, cpus=cpus
-            )
-        return subprocess.Popen(
-            list(request.command),
-            cwd=request.workdir,
-            env=env,
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_child_setup(cpus),
+        start = self._starter.start if self._starter is not None else start_plain
+        return start(
+            request.command, cwd=request.workdir, env=env, stdout=out, stderr=err, cpus=cpus
         )
 
     def _reap(self) -> None:
@@ -412,22 +398,6 @@ class LocalBackend(Backend):
             running.terminated_at = time.monotonic()
             running.reason = reason
             _signal_group(running.process, signal.SIGTERM)
-
-
-def _child_setup(cpus: list[int]):  # type: ignore[no-untyped-def]
-    """In the child, before exec: pin to `cpus`, die with SIGTERM when the parent dies, and
-    hold stop signals until the job can handle them (the contract in affvx.cluster.base)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def setup() -> None:
-        block_stop_signals()
-        os.sched_setaffinity(0, cpus)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return setup
 
 
 def _signal_group(process: subprocess.Popen[bytes] | WarmProcess, signum: int) -> None:

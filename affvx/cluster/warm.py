@@ -128,16 +128,7 @@ class WarmStarter:
             process = self._fork(command, cwd, env, stdout, stderr, cpus)
             if process is not None:
                 return process
-        return subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-            preexec_fn=_plain_child_setup(cpus),
-        )
+        return start_plain(command, cwd=cwd, env=env, stdout=stdout, stderr=stderr, cpus=cpus)
 
     def close(self) -> None:
         """End the server: it exits when its socket closes."""
@@ -347,6 +338,29 @@ def _process_state(pid: int) -> str:
             return handle.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return ""
+
+
+def start_plain(
+    command: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str],
+    env: Mapping[str, str],
+    stdout: Stream,
+    stderr: Stream,
+    cpus: Sequence[int] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`command` as a fresh process set up as a forked job is: its own session, stop
+    signals blocked, SIGTERM when its parent dies, pinned to `cpus` if given."""
+    return subprocess.Popen(
+        list(command),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+        preexec_fn=_plain_child_setup(cpus),
+    )
 
 
 def _plain_child_setup(cpus: Sequence[int] | None) -> Callable[[], None]:

@@ -144,3 +144,34 @@ def attempt_seconds(attempt: dict) -> float:
     """Wall time of one line of attempts.jsonl."""
     start, end = (dt.datetime.fromisoformat(attempt[k]) for k in ("start_utc", "end_utc"))
     return (end - start).total_seconds()
+
+
+def one_cell_run(store: Path, run: Path, **training: object) -> Path:
+    """A created run of one cell (valence, visual, tcn, 2 folds), as `affvx launch` creates
+    it, with these [training] settings; no job started."""
+    from affvx.orchestrator.launch import prepare
+
+    flags = {
+        "store": str(store),
+        "folds": 2,
+        "emotions": ("valence",),
+        "modalities": (("visual",),),
+        "model": {"name": "tcn"},
+        "training": training,
+    }
+    plan = prepare(flags=flags, config_file=None, run_path=run, resume=False, note=lambda _: None)
+    plan.run.create(plan.config, plan.folds, plan.jobs)
+    return plan.run.path
+
+
+def start_worker(run: Path, job_id: str, backend: str = "local") -> subprocess.Popen[bytes]:
+    """A job's worker as a backend starts it: stop signals held until it can checkpoint."""
+    from affvx.protocol import block_stop_signals
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "affvx.orchestrator.worker", str(run), job_id],
+        env={**os.environ, "AFFVX_BACKEND": backend, "AFFVX_DEVICE": "cpu"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=block_stop_signals,
+    )
