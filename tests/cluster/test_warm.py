@@ -17,7 +17,7 @@ import pytest
 
 from affvx.cluster.warm import WarmProcess, WarmStarter
 from affvx.protocol import EXIT_COMPLETE, EXIT_FAILED, STOP_SIGNALS, block_stop_signals
-from tests.support.runs import wait_until
+from tests.support.runs import one_cell_run, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 JOB_MODULE = "tests.support.warm_job"
@@ -171,24 +171,11 @@ def test_no_process_outlives_the_client(tmp_path: Path, how: str) -> None:
 def test_a_real_worker_job_gives_the_result_of_a_plain_process(
     small_store: Path, tmp_path: Path
 ) -> None:
-    from affvx.orchestrator.launch import prepare
-
     job = "valence-visual-fold0-seed0"
-    flags = {
-        "store": str(small_store),
-        "folds": 2,
-        "emotions": ("valence",),
-        "modalities": (("visual",),),
-        "model": {"name": "tcn"},
-        "training": {"max_epochs": 2},
+    runs = {
+        way: one_cell_run(small_store, tmp_path / way, max_epochs=2).resolve()
+        for way in ("plain", "warm")
     }
-    runs = {}
-    for way in ("plain", "warm"):
-        plan = prepare(
-            flags=flags, config_file=None, run_path=tmp_path / way, resume=False, note=print
-        )
-        plan.run.create(plan.config, plan.folds, plan.jobs)
-        runs[way] = plan.run.path.resolve()
     env = {**os.environ, "AFFVX_BACKEND": "local", "AFFVX_DEVICE": "cpu", "AFFVX_CPUS": "1"}
     command = [sys.executable, "-m", "affvx.orchestrator.worker"]
     with open(tmp_path / "plain.log", "wb") as log:

@@ -34,6 +34,7 @@ from affvx.trainers.graphs import (
 from affvx.trainers.loop import StopRequested, Trainer, TrainingObserver
 from affvx.trainers.spec import ModelConfig, TrainSpec
 from affvx.trainers.windows import BatchStream
+from tests.support.runs import one_cell_run
 
 BATCH = 5  # the small store's fold 0 has 42 training windows: 8 full batches and one of 2
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -406,7 +407,6 @@ def test_the_cuda_graphs_variable_reaches_the_job_spec(
     small_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import affvx.trainers.job as job_module
-    from affvx.orchestrator.launch import prepare
     from affvx.orchestrator.worker import run_worker
     from affvx.trainers.job import JobOutcome, JobResult
 
@@ -416,17 +416,7 @@ def test_the_cuda_graphs_variable_reaches_the_job_spec(
     assert JobEnvironment.from_environ(environment.to_environ()) == environment
     assert CUDA_GRAPHS not in JobEnvironment().to_environ()
 
-    flags = {
-        "store": str(small_store),
-        "folds": 2,
-        "emotions": ("valence",),
-        "modalities": (("visual",),),
-        "model": {"name": "tcn"},
-    }
-    plan = prepare(
-        flags=flags, config_file=None, run_path=tmp_path / "run", resume=False, note=print
-    )
-    plan.run.create(plan.config, plan.folds, plan.jobs)
+    run = one_cell_run(small_store, tmp_path / "run")
     seen: list[TrainSpec] = []
 
     def record(spec: TrainSpec, job_dir: Path, **_: object) -> JobResult:
@@ -435,10 +425,10 @@ def test_the_cuda_graphs_variable_reaches_the_job_spec(
 
     monkeypatch.setattr(job_module, "run_job", record)
     monkeypatch.setenv(CUDA_GRAPHS, "off")
-    assert run_worker(plan.run.path, plan.jobs[0].job_id) == 0
+    assert run_worker(run, "valence-visual-fold0-seed0") == 0
     assert seen[0].cuda_graphs == "off"
     monkeypatch.setenv(CUDA_GRAPHS, "on")
-    run_worker(plan.run.path, plan.jobs[1].job_id)
+    run_worker(run, "valence-visual-fold1-seed0")
     assert seen[1].cuda_graphs == "on"
 
 
