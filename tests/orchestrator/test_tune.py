@@ -137,18 +137,23 @@ def test_a_pruned_trial_has_its_unfinished_fold_jobs_cancelled(
     pruned = [t for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED"]
     assert pruned, trial_states(study)
     plan = RunDir.open(run)
+    cancelled = 0
     for trial in pruned:
         jobs = [j for j in plan.jobs if j.candidate == trial.number]
         views = [view_job(j.job_id, JobFiles(plan.job_dir(j.job_id))) for j in jobs]
         states = [v.state for v in views]
-        assert JobState.CANCELLED in states and JobState.RUNNING not in states, states
-        assert states.count(JobState.COMPLETE) == len(trial.intermediate_values) < 4
+        # a fold that finished as the trial was judged keeps its result: COMPLETE, not lost
+        assert set(states) <= {JobState.COMPLETE, JobState.CANCELLED}, states
+        assert states.count(JobState.COMPLETE) >= len(trial.intermediate_values)
+        assert len(trial.intermediate_values) < 4
+        cancelled += states.count(JobState.CANCELLED)
         for view in views:
             if view.pid:  # a started job: its process is gone, its attempt recorded
                 assert process_state(view.pid) in ("", "Z")
             if view.state is JobState.CANCELLED and view.attempts:
                 reasons = [a["exit_reason"] for a in attempts(plan.job_dir(view.job_id))]
                 assert reasons and reasons[-1] == "cancelled", reasons
+    assert cancelled, "no pruned trial had a fold job left to cancel"
 
 
 def test_a_killed_driver_resumes_with_no_fold_trained_twice_and_no_trial_told_twice(
