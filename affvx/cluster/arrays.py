@@ -198,8 +198,9 @@ class SubmititArrayBackend(Backend):
         return parameters
 
     def _runnable(self, group: list[JobRequest]) -> TaskCommand | TaskPack:
-        """What one array task runs: the job's command, or the group's side by side."""
-        if len(group) == 1 and not group[0].resources.shares_gpu:
+        """What one array task runs: the job's command (a job alone keeps the task's id),
+        or the group's side by side."""
+        if len(group) == 1:
             return self._task(group[0])
         return TaskPack(tuple(self._task(r) for r in group), mps=self.mps)
 

@@ -257,3 +257,13 @@ def test_a_pack_forks_its_worker_jobs_from_one_warm_server(tmp_path: Path) -> No
     parents = {t["parent"] for t in told}
     assert len(parents) == 1 and parents != {os.getpid()}  # both forked by one server
     assert [t["AFFVX_SCHEDULER_JOB_ID"] for t in told] == ["3#0/2", "3#1/2"]
+
+
+def test_a_job_alone_in_its_task_keeps_the_tasks_id() -> None:
+    backend = RecordingArrays()
+    [lone] = requests(1)
+    assert isinstance(
+        backend._runnable([lone]), TaskCommand
+    )  # the id the pool knows is the task's
+    [chunk] = SubmititArrayBackend._chunks(requests(5), size=1000)
+    assert [len(task) for task in chunk] == [3, 2]
