@@ -60,7 +60,7 @@ def test_a_walltime_shorter_than_the_job_means_checkpoint_resubmit_complete(
     the pool submits it again, and it completes with the numbers of an uninterrupted run."""
     job = "valence-visual-fold0-seed0"
     base = ("--folds", "2", "--emotions", "valence", "--modalities", "visual", "--model", "tcn")
-    config = pbs_config(tmp_path, training={"max_epochs": 150, "patience": 1000})
+    config = pbs_config(tmp_path, training={"max_epochs": 300, "patience": 1000})
     reference = tmp_path / "reference"
     result = cli("launch", "--store", small_store, "--run", reference, "--config", config, *base)
     assert result.exit_code == 0, result.stderr
