@@ -138,6 +138,16 @@ def start_cluster() -> PbsCluster:
             **env,
         },
     )
+    try:
+        configure(cluster)
+    except BaseException:
+        stop_cluster(cluster)  # a server left running would hold its ports and CPU
+        raise
+    return cluster
+
+
+def configure(cluster: PbsCluster) -> None:
+    """What a site would set on a new server for these tests."""
     cluster.qmgr("set server operators += root@*")  # qrerun, as a site operator would
     # GPUs that no process can use, only count, as a site defines them (PBS has no ngpus
     # of its own): enough to schedule jobs that ask for one
@@ -145,7 +155,6 @@ def start_cluster() -> PbsCluster:
     qmgr = str(PREFIX / "bin" / "qmgr")
     cluster.run(qmgr, "-c", "create resource ngpus type=long, flag=nh", check=False)  # or had
     cluster.qmgr(f"set node {node} resources_available.ngpus = {FAKE_GPUS}")
-    return cluster
 
 
 FAKE_GPUS = 2
