@@ -40,6 +40,7 @@ TIME_LIMIT_S = "AFFVX_TIME_LIMIT_S"
 DEVICE = "AFFVX_DEVICE"
 # whether a GPU job captures its training step as a CUDA graph: auto, on or off
 CUDA_GRAPHS = "AFFVX_CUDA_GRAPHS"
+CUDA_GRAPHS_CHOICES = ("auto", "on", "off")
 # the share of its GPU's memory a job may take when N jobs share one GPU (1/N)
 GPU_MEMORY_FRACTION = "AFFVX_GPU_MEMORY_FRACTION"
 

@@ -117,8 +117,8 @@ def _gpu_share(gpus: float | None, jobs_per_gpu: int | None) -> dict[str, int | 
 
 
 def _cuda_graphs(text: str | None) -> str | None:
-    from affvx.cluster.base import CUDA_GRAPHS_CHOICES
     from affvx.orchestrator.errors import ConfigError
+    from affvx.protocol import CUDA_GRAPHS_CHOICES
 
     if text is not None and text not in CUDA_GRAPHS_CHOICES:
         raise ConfigError(f"--cuda-graphs {text}: choose {', '.join(CUDA_GRAPHS_CHOICES)}")

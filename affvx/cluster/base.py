@@ -54,6 +54,7 @@ from typing import Any, ClassVar
 
 from affvx.cluster.errors import ClusterError
 from affvx.protocol import (  # noqa: F401  (re-exported: the backends' vocabulary)
+    CUDA_GRAPHS_CHOICES,
     EXIT_INPUT,
     EXIT_REQUEUE,
     GPU_MEMORY_FRACTION,
@@ -196,9 +197,6 @@ class Resources:
         if not self.shares_gpu:
             return {}
         return {GPU_MEMORY_FRACTION: f"{1 / self.jobs_per_gpu:.4f}"}
-
-
-CUDA_GRAPHS_CHOICES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from affvx.protocol import CUDA_GRAPHS_CHOICES
 from affvx.trainers.errors import TrainerInputError
 
 EMOTIONS = ("valence", "arousal")
 MODELS = ("tcn", "lfan", "gru")
 DEVICES = ("auto", "cpu", "cuda")
-CUDA_GRAPHS = ("auto", "on", "off")
 
 # Settings that do not change what a job computes; kept out of the configuration hash.
 RUNTIME_FIELDS = ("device", "cuda_graphs", "threads", "time_limit_s")
@@ -119,7 +119,7 @@ class TrainSpec:
             )
         if self.device not in DEVICES:
             raise TrainerInputError(f"unknown device {self.device!r}: choose auto, cpu or cuda")
-        if self.cuda_graphs not in CUDA_GRAPHS:
+        if self.cuda_graphs not in CUDA_GRAPHS_CHOICES:
             raise TrainerInputError(
                 f"unknown --cuda-graphs {self.cuda_graphs!r}: choose auto, on or off"
             )

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from affvx.orchestrator.errors import ConfigError
-from affvx.orchestrator.launch import prepare
 from affvx.orchestrator.rundir import RunDir
 from affvx.orchestrator.worker import run_worker
 from affvx.protocol import EXIT_COMPLETE, EXIT_INPUT, EXIT_REQUEUE, TIME_LIMIT_S
 from affvx.storage.format import read_fingerprint
 from tests.orchestrator.test_launch_errors import assert_refused
-from tests.support.runs import attempts
+from tests.support.runs import attempts, one_cell_run
 
 DONE, STOPPED = "valence-visual-fold0-seed0", "valence-visual-fold1-seed0"
 
@@ -36,17 +35,7 @@ def other_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def new_run(store: Path, run: Path) -> RunDir:
     """The grid's run directory, created as `affvx launch` creates it; no job started."""
-    flags = {
-        "store": str(store),
-        "folds": 2,
-        "emotions": ("valence",),
-        "modalities": (("visual",),),
-        "model": {"name": "tcn"},
-        "training": {"max_epochs": 1, "window": 64, "hop": 32},
-    }
-    plan = prepare(flags=flags, config_file=None, run_path=run, resume=False, note=lambda m: None)
-    plan.run.create(plan.config, plan.folds, plan.jobs)
-    return plan.run
+    return RunDir.open(one_cell_run(store, run, max_epochs=1, window=64, hop=32))
 
 
 def stop_after_first_checkpoint(run: Path, job_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
