@@ -50,6 +50,9 @@ from affvx.cluster.task import TaskCommand
 LOCAL = "127.0.0.1"
 COALESCE_S = 0.2
 _PENDING = SchedulerState(JobStatus.PENDING)
+CLIENT_SESSION_ATTEMPTS = 3
+CLIENT_SESSION_RETRY_S = 2.0
+CLIENT_SESSION_FAILED = "Starting Ray client server failed"
 _remote_function: Any = None  # ray.remote(run_ray_task), made when first needed
 _dashboard_url = ""  # of the Ray instance this process joined ("": none)
 
@@ -321,7 +324,7 @@ class RayBackend(Backend):
         quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         try:
             if self.address:
-                context = ray.init(address=self.address, **quiet)
+                context = _join(self.address, quiet)
             else:
                 context = ray.init(
                     address="local",
@@ -370,6 +373,22 @@ class RayBackend(Backend):
         if task_id in self._cancelled and code != 0:
             return SchedulerState(JobStatus.CANCELLED, exit_code=code, reason="cancelled")
         return SchedulerState(JobStatus.EXITED, exit_code=code)
+
+
+def _join(address: str, options: dict[str, Any]) -> Any:
+    """`ray.init(address)`, tried again when a Ray Client server accepted the connection but
+    failed to start the session's own server process (Ray's proxier says "Starting Ray
+    client server failed"; seen now and then on a busy head, gone on the next try)."""
+    import ray
+
+    for attempt in range(1, CLIENT_SESSION_ATTEMPTS):
+        try:
+            return ray.init(address=address, **options)
+        except ConnectionAbortedError as error:
+            if CLIENT_SESSION_FAILED not in str(error):
+                raise
+        time.sleep(CLIENT_SESSION_RETRY_S * attempt)
+    return ray.init(address=address, **options)
 
 
 def _token_mode_if_a_token_is_at_hand() -> None:
