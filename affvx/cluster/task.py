@@ -122,7 +122,8 @@ class TaskPack:
     `#k/n`, see `packed_id`), logs, checkpoint and attempts; each gets an equal part of the
     task's CPUs. Stop signals reach every member. `mps`: the members' GPU work goes through
     a private MPS daemon for the task's lifetime (without a GPU or MPS: one line on stderr,
-    and the jobs run without it). The task's exit status is `pack_exit_status` of theirs.
+    and the jobs run without it). The task's exit status is `pack_exit_status` of theirs;
+    how each job ended is in its own files (the worker writes them), for the driver to read.
     """
 
     members: tuple[TaskCommand, ...]

@@ -19,7 +19,8 @@ Policy (tested on a fake backend in tests/orchestrator/test_pool.py):
   again up to `max_retries` times per submission; then it ends FAILED -- unless its files
   say it checkpointed to run again (a scheduler without job history forgets finished
   jobs; a task of packed jobs has one status for all), which is a requeue;
-- a job that exited with EXIT_INPUT failed deterministically and is never retried;
+- a job that exited with EXIT_INPUT failed deterministically and is never retried; so is
+  one whose own attempt record says so, whatever its task's status (a packed job's);
 - a job requeued STALLED_REQUEUES times in a row without training a batch more (a time
   limit shorter than its start-up) ends FAILED, saying so, instead of looping forever;
 - a job marked cancelled in its files (`affvx cancel`, or `cancel` here) is stopped on the
@@ -234,11 +235,13 @@ class JobPool:
             files.mark_cancelled()
             self._end(item, Outcome.CANCELLED)
             return False
+        # its files say how it ended, where the scheduler forgot it or reports the status
+        # of a whole task of packed jobs
         code = state.exit_code
         if code != EXIT_REQUEUE and _checkpointed_to_requeue(item):
-            # its files say how it ended, where the scheduler forgot it or reports the
-            # status of a whole task of packed jobs
             code = EXIT_REQUEUE
+        elif code != EXIT_INPUT and _failed_deterministically(item):
+            code = EXIT_INPUT
         if code == EXIT_REQUEUE:
             if self._stalled(item):
                 self._end(item, Outcome.FAILED, STALLED_REASON)
@@ -305,6 +308,13 @@ def _checkpointed_to_requeue(item: _Tracked) -> bool:
     that no longer knows the job (no job history, no accounting)."""
     state = item.files.state() or {}
     return state.get("state") == "PREEMPTED" and state.get("scheduler_id") == item.scheduler_id
+
+
+def _failed_deterministically(item: _Tracked) -> bool:
+    """The attempt of `item` recorded that it failed deterministically (EXIT_INPUT, written
+    by the worker itself) -- a retry would fail again, whatever its task's status says."""
+    last = (item.files.attempts() or [{}])[-1]
+    return last.get("scheduler_id") == item.scheduler_id and last.get("exit_code") == EXIT_INPUT
 
 
 def _close_silent_attempt(files: JobFiles, exit_reason: str, code: int | None) -> None:

@@ -284,7 +284,8 @@ def _run_attempt(run: RunDir, job: PlannedJob, files: JobFiles) -> int:
             outcome = run_job(spec, files.path, observer=progress, provenance=provenance)
             progress.flush()
     except DETERMINISTIC_ERRORS as error:
-        files.close_attempt(state, "failed", reason=" ".join(str(error).split()))
+        reason = " ".join(str(error).split())
+        files.close_attempt(state, "failed", reason=reason, exit_code=EXIT_INPUT)
         return EXIT_INPUT
     except Exception as error:
         reason = f"{type(error).__name__}: {' '.join(str(error).split())}"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from affvx.protocol import EXIT_INPUT
+
 BASE = ("--folds", "2", "--epochs", "1")
 
 
@@ -199,6 +201,7 @@ def test_a_diverging_job_is_not_retried(small_store: Path, tmp_path: Path, cli) 
         attempts = (job_dir / "attempts.jsonl").read_text().splitlines()
         state = json.loads((job_dir / "state.json").read_text())
         assert len(attempts) == 1, attempts  # deterministic: a retry would diverge again
+        assert json.loads(attempts[0])["exit_code"] == EXIT_INPUT  # the job's own word
         assert state["state"] == "FAILED" and "lower the learning rate (--lr" in state["reason"]
     assert "lower the learning rate (--lr, or lr under [training]" in result.stderr
 

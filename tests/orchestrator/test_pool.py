@@ -100,6 +100,42 @@ def test_a_deterministic_failure_is_never_retried(run: RunDir) -> None:
     assert sum(backend.submissions.values()) == 1
 
 
+@pytest.mark.parametrize("task_exit_code", [EXIT_FAILED, EXIT_REQUEUE])
+def test_a_job_whose_own_record_says_deterministic_is_never_retried(
+    run: RunDir, task_exit_code: int
+) -> None:
+    """A packed job's task status is its pack's (here: a neighbour crashed, or checkpointed
+    to run again); the job's own attempt record says it failed deterministically."""
+
+    def fails_deterministically(request: JobRequest) -> None:
+        files = JobFiles(Path(request.key))
+        scheduler_id = (files.submission() or {})["scheduler_id"]
+        running = {"state": "RUNNING", "attempt": 1, "scheduler_id": scheduler_id}
+        files.close_attempt(running, "failed", reason="diverged", exit_code=EXIT_INPUT)
+
+    task = Scripted(exit_code=task_exit_code, effect=fails_deterministically)
+    backend = FakeBackend(sequence(task, Scripted(effect=completes)))
+    ended = run_pool(backend, run, ["a"], retries=5)
+    assert ended["a"].outcome is Outcome.FAILED
+    assert sum(backend.submissions.values()) == 1
+
+
+def test_a_deterministic_failure_of_an_earlier_attempt_does_not_decide_this_one(
+    run: RunDir,
+) -> None:
+    """Only the record of the attempt that just ended counts (same scheduler id)."""
+
+    def earlier_record_then_crash(request: JobRequest) -> None:
+        files = JobFiles(Path(request.key))
+        earlier = {"state": "RUNNING", "attempt": 1, "scheduler_id": "an-earlier-task"}
+        files.close_attempt(earlier, "failed", reason="diverged", exit_code=EXIT_INPUT)
+
+    crash = Scripted(exit_code=EXIT_FAILED, effect=earlier_record_then_crash)
+    backend = FakeBackend(sequence(crash, Scripted(effect=completes)))
+    ended = run_pool(backend, run, ["a"], retries=1)
+    assert ended["a"].outcome is Outcome.COMPLETE
+
+
 def test_requeues_are_resubmitted_without_counting_as_failures(run: RunDir) -> None:
     requeue = Scripted(exit_code=EXIT_REQUEUE)
     backend = FakeBackend(sequence(requeue, requeue, requeue, Scripted(effect=completes)))
