@@ -187,7 +187,7 @@ def _train(
         trainer.load_state_dict(state)
     trainer.fit(resumed=state is not None)
     observer.on_phase("predicting")
-    validation = trainer.predict(spec.validation_trials)
+    validation = trainer.validation_predictions()
     test_trials = (
         spec.test_trials if spec.test_trials is not None else tuple(store.trials_in("Test_Set"))
     )

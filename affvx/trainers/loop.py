@@ -176,6 +176,8 @@ class Trainer:
             min_lr=spec.min_lr,
         )
         self.best_weights: dict[str, torch.Tensor] | None = None
+        # the validation predictions of best_weights, when the best epoch ran in this process
+        self._best_validation: dict[str, np.ndarray] | None = None
         # the epoch's loss so far, on the device: always equal to progress.epoch_loss_sum
         # once read (_read_loss_sum)
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -235,6 +237,7 @@ class Trainer:
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.best_weights = state["best_model"]
+        self._best_validation = None
         self.progress = Progress(**state["progress"])
         self._loss_sum.fill_(self.progress.epoch_loss_sum)
         self._step = None  # the optimizer's state tensors are new ones: capture again
@@ -340,6 +343,7 @@ class Trainer:
             self.best_weights = {
                 k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()
             }
+            self._best_validation = predictions
         else:
             progress.bad_epochs += 1
         self.scheduler.step(score)
@@ -373,6 +377,13 @@ class Trainer:
             return self._predict(trials)
         except Interrupted:
             raise StopRequested from None
+
+    def validation_predictions(self) -> dict[str, np.ndarray]:
+        """`predict(spec.validation_trials)`, without predicting them again when the best
+        epoch was validated in this process (the same weights: the same predictions)."""
+        if self._best_validation is not None:
+            return self._best_validation
+        return self.predict(self.spec.validation_trials)
 
     def _predict(self, trials: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
         return predict_trials(
