@@ -1,12 +1,14 @@
-"""A grid of short jobs on the local backend, each job a fresh interpreter against each job a
-fork of the launch's warm server (`[backend.local] warm_start`, on by default): wall time of
-the whole `affvx launch`, and whether the two give the same report byte for byte.
+"""A grid of short jobs, each job a fresh interpreter against each job a fork of a warm server
+(`warm_start`, on by default: one server per launch on the local backend, one per Ray worker
+on the ray backend): wall time of the whole `affvx launch`, and whether the two give the same
+report byte for byte.
 
 The grid is the demo corpus with 1-epoch TCN jobs (6 folds x valence, arousal x visual = 12
 jobs, one CPU each, as many at once as CPUs), where a job's fixed cost is most of its time;
-the two ways take turns, `--rounds` times.
+the two ways take turns, `--rounds` times. `--backend ray` runs it on a local Ray instance
+that each launch starts.
 
-    python benchmarks/warm_grid.py [--rounds 3] [--folds 6]
+    python benchmarks/warm_grid.py [--rounds 3] [--folds 6] [--backend local|ray]
 """
 
 from __future__ import annotations
@@ -28,19 +30,21 @@ from tests.support.runs import report_files  # noqa: E402
 WAYS = {"fresh interpreter per job": "false", "forked from the warm server": "true"}
 
 
-def grid(run: Path, folds: int, warm: str) -> list[str]:
+def grid(run: Path, folds: int, warm: str, backend: str) -> list[str]:
     return affvx_command(
         *("launch", "--run", str(run), "--folds", str(folds), "--emotions", "valence,arousal"),
         *("--modalities", "visual", "--model", "tcn", "--epochs", "1"),
-        *("--backend-option", f"warm_start={warm}"),
+        *("--backend", backend, "--backend-option", f"warm_start={warm}"),
     )
 
 
-def timed_grid(scratch: Path, folds: int, warm: str, round_: int) -> tuple[float, dict]:
+def timed_grid(
+    scratch: Path, folds: int, warm: str, backend: str, round_: int
+) -> tuple[float, dict]:
     """Seconds of one launch, and its report files (after `affvx collect`)."""
     run = scratch / f"{warm}-{round_}"
     started = time.perf_counter()
-    subprocess.run(grid(run, folds, warm), check=True, capture_output=True)
+    subprocess.run(grid(run, folds, warm, backend), check=True, capture_output=True)
     seconds = time.perf_counter() - started
     subprocess.run(affvx_command("collect", str(run)), check=True, capture_output=True)
     return seconds, report_files(run)
@@ -50,13 +54,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--folds", type=int, default=6)
+    parser.add_argument("--backend", choices=("local", "ray"), default="local")
     args = parser.parse_args()
     seconds: dict[str, list[float]] = {way: [] for way in WAYS}
     reports: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for round_ in range(args.rounds):
             for way, warm in WAYS.items():
-                wall, reports[way] = timed_grid(Path(scratch), args.folds, warm, round_)
+                wall, reports[way] = timed_grid(
+                    Path(scratch), args.folds, warm, args.backend, round_
+                )
                 seconds[way].append(wall)
                 print(f"round {round_ + 1}/{args.rounds}: {way}: {wall:.1f} s", flush=True)
     fresh, warm = (reports[way] for way in WAYS)
@@ -71,7 +78,10 @@ def main() -> None:
         ]
         for way, times in seconds.items()
     ]
-    print(f"\nmachine: {machine()}; {args.folds * 2} jobs (tcn, 1 epoch), one CPU each\n")
+    print(
+        f"\nmachine: {machine()}; {args.backend} backend; {args.folds * 2} jobs (tcn, 1 epoch), "
+        "one CPU each\n"
+    )
     print(markdown_table(["way", "launch wall s (each round)", "median s", "vs fresh"], rows))
     print(f"\nreport files equal: {same} of {len(fresh)}")
 

@@ -7,9 +7,11 @@ submits (no server to set up, no dashboard unless asked) and stops it on `close`
 
 Each job is one Ray task (`run_ray_task`) that runs the job's command through the task shim
 (affvx.cluster.task) as a child process, exactly as a SLURM or PBS task does: same
-`AFFVX_*` environment, stop signals forwarded, the exit status returned. Ray has no time
-limit of its own; the job keeps its own clock (AFFVX_TIME_LIMIT_S). A job may ask for a
-fraction of a GPU (`num_gpus = 0.25`: four jobs per GPU).
+`AFFVX_*` environment, stop signals forwarded, the exit status returned. With `warm_start`
+(the default) a worker forks its jobs from a warm server that it starts at its first job and
+keeps while Ray reuses it (affvx.cluster.warm: torch imported once per worker, not per job).
+Ray has no time limit of its own; the job keeps its own clock (AFFVX_TIME_LIMIT_S). A job
+may ask for a fraction of a GPU (`num_gpus = 0.25`: four jobs per GPU).
 
 Faults: a task whose worker process or node dies is run again by Ray (`max_retries`) and
 the job resumes from its last checkpoint. If the job's process outlived its worker, the new
@@ -30,7 +32,7 @@ import pickle
 import shlex
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from affvx.cluster.base import (
     Backend,
@@ -47,6 +49,9 @@ from affvx.cluster.errors import ClusterError
 from affvx.cluster.ray_state import ray_auth_token, task_states
 from affvx.cluster.task import TaskCommand
 
+if TYPE_CHECKING:
+    from affvx.cluster.warm import WarmStarter
+
 LOCAL = "127.0.0.1"
 COALESCE_S = 0.2
 _PENDING = SchedulerState(JobStatus.PENDING)
@@ -55,11 +60,12 @@ CLIENT_SESSION_RETRY_S = 2.0
 CLIENT_SESSION_FAILED = "Starting Ray client server failed"
 _remote_function: Any = None  # ray.remote(run_ray_task), made when first needed
 _dashboard_url = ""  # of the Ray instance this process joined ("": none)
+_warm_starter: WarmStarter | None = None  # of this process, when it is a Ray worker
 
 
-def run_ray_task(pickled_task: bytes, cpus: int) -> int:
-    """What a Ray worker runs for one job (a pickled TaskCommand): its command, to its end;
-    the exit status."""
+def run_ray_task(pickled_task: bytes, cpus: int, warm_start: bool = False) -> int:
+    """What a Ray worker runs for one job (a pickled TaskCommand): its command, to its end
+    (with `warm_start`, forked from this worker's warm server); the exit status."""
     import ray
 
     task: TaskCommand = pickle.loads(pickled_task)
@@ -71,7 +77,26 @@ def run_ray_task(pickled_task: bytes, cpus: int) -> int:
         gpus=tuple(str(g) for g in ray.get_gpu_ids()),
     )
     log_name = f"ray-{environment.scheduler_job_id[:16]}"
-    return task.run(environment, log_name, sigint_means_cancel=True)
+    starter = _worker_warm_starter(task.command) if warm_start else None
+    return task.run(environment, log_name, sigint_means_cancel=True, starter=starter)
+
+
+def _worker_warm_starter(command: tuple[str, ...]) -> WarmStarter | None:
+    """This Ray worker's warm server for `python -m MODULE` commands (None for others):
+    started at the worker's first job, kept for the next ones (Ray reuses a worker for the
+    driver's tasks), gone with the worker (the server exits when its client does)."""
+    global _warm_starter
+    if len(command) < 3 or command[1] != "-m":
+        return None
+    wanted = (command[0], (command[2],))  # (python, modules)
+    starter = _warm_starter
+    if starter is None or not starter.alive or (starter.python, starter.modules) != wanted:
+        if starter is not None:
+            starter.close()
+        from affvx.cluster.warm import WarmStarter
+
+        _warm_starter = starter = WarmStarter([command[2]], python=command[0])
+    return starter
 
 
 class RayBackend(Backend):
@@ -127,6 +152,13 @@ class RayBackend(Backend):
             "seconds a cancelled job has to checkpoint before its task is killed",
             minimum=0,
         ),
+        BackendOption(
+            "warm_start",
+            bool,
+            True,
+            "start each job as a fork of a process that has imported torch and the job code "
+            "once per Ray worker (seconds less per job); off: a fresh interpreter per job",
+        ),
     )
     poll_interval_s = 1.0
 
@@ -141,6 +173,7 @@ class RayBackend(Backend):
         num_cpus: int | None = None,
         dashboard: bool = False,
         cancel_grace_s: float = 30.0,
+        warm_start: bool = True,
     ) -> None:
         self.address = address or None
         self.num_gpus = num_gpus
@@ -150,6 +183,7 @@ class RayBackend(Backend):
         self.num_cpus = num_cpus
         self.dashboard = dashboard
         self.cancel_grace_s = cancel_grace_s
+        self.warm_start = warm_start
         self._running: dict[str, Any] = {}  # task id -> ObjectRef of its exit status
         self._ended: dict[str, SchedulerState] = {}
         self._cancelled: dict[str, float | None] = {}  # task id -> when cancel was asked
@@ -167,7 +201,9 @@ class RayBackend(Backend):
             # pickled here: Ray's own serialiser (cloudpickle) costs 0.1 ms more a task
             pickled_task = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
             options = self.task_options(request)
-            ref = remote.options(**options).remote(pickled_task, request.resources.cpus)
+            ref = remote.options(**options).remote(
+                pickled_task, request.resources.cpus, self.warm_start
+            )
             task_id = ref.task_id().hex()
             self._running[task_id] = ref
             ids.append(task_id)

@@ -68,8 +68,10 @@ class TaskCommand:
         log_name: str,
         *,
         sigint_means_cancel: bool = False,
+        starter: WarmStarter | None = None,
     ) -> int:
-        """Run the command to its end; return its exit status (negative: killed by a signal).
+        """Run the command to its end (forked from `starter`'s warm server if given); return
+        its exit status (negative: killed by a signal).
 
         Stop signals that reach this process while the child runs are forwarded to it; the
         child starts with them blocked and unblocks them once it can checkpoint. The signal
@@ -78,7 +80,10 @@ class TaskCommand:
         running task as SIGINT would; a job is cancelled with SIGTERM everywhere).
         """
         return run_side_by_side(
-            [(self, environment)], log_name, sigint_means_cancel=sigint_means_cancel
+            [(self, environment)],
+            log_name,
+            sigint_means_cancel=sigint_means_cancel,
+            starter=starter,
         )[0]
 
     def spawn(

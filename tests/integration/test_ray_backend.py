@@ -5,6 +5,7 @@ state API read from another process."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -13,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from affvx.cluster.base import JobRequest, JobStatus, SchedulerState
 from affvx.cluster.ray import RayBackend
 from affvx.cluster.task import TaskCommand
 from tests.support.backend_suite import BackendConformance, python_job
 from tests.support.runs import wait_until
 
 pytestmark = pytest.mark.ray
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +68,64 @@ def test_a_worker_keeps_its_signal_handlers_after_a_task(
     assert code == 0 and after == before
 
 
+def module_job(tmp_path: Path, key: str) -> JobRequest:
+    """A `python -m` job (what the warm server can fork) that records who started it; it runs
+    in the repository, where `tests` is importable."""
+    command = (sys.executable, "-m", "tests.support.pack_member", str(tmp_path / key), "0")
+    return JobRequest(key=key, command=command, workdir=REPOSITORY, log_dir=tmp_path / "logs")
+
+
+def started_by(tmp_path: Path, key: str) -> dict:
+    return json.loads((tmp_path / key).read_text())
+
+
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_the_jobs_of_a_ray_worker_are_forks_of_its_one_warm_server(
+    ray_instance: RayBackend, tmp_path: Path, warm_start: bool
+) -> None:
+    """Three jobs in turn in one Ray worker (one task runs them, so one worker): with warm
+    starts all three are forked by one warm server that the worker started for the first;
+    without, each is the worker's own child."""
+    import ray
+
+    from affvx.cluster.ray import run_ray_task
+
+    @ray.remote(num_cpus=1)
+    def three_jobs_in_one_worker(pickled_tasks: list[bytes]) -> tuple[list[int], int]:
+        codes = [run_ray_task(task, 1, warm_start) for task in pickled_tasks]
+        return codes, os.getpid()
+
+    keys = ["first", "second", "third"]
+    tasks = [pickle.dumps(TaskCommand.for_request(module_job(tmp_path, k), None)) for k in keys]
+    codes, worker = ray.get(three_jobs_in_one_worker.remote(tasks))
+    assert codes == [0, 0, 0]
+    parents = [started_by(tmp_path, k) for k in keys]
+    if warm_start:
+        assert len({p["parent"] for p in parents}) == 1 and parents[0]["parent"] != worker
+        assert "affvx.cluster.warm" in parents[0]["parent_command"]
+    else:
+        assert {p["parent"] for p in parents} == {worker}
+
+
+def test_the_backend_starts_its_jobs_warm_unless_told_not_to(
+    ray_instance: RayBackend, tmp_path: Path
+) -> None:
+    for warm_start in (True, False):
+        key = f"warm-{warm_start}"
+        backend = RayBackend(warm_start=warm_start)
+        [task_id] = backend.submit([module_job(tmp_path, key)])
+        [state] = wait_until(lambda b=backend, i=task_id: ended(b, i), what=f"the job {key}")
+        assert state.exit_code == 0
+        forked = "affvx.cluster.warm" in started_by(tmp_path, key)["parent_command"]
+        assert forked is warm_start, started_by(tmp_path, key)
+
+
+def ended(backend: RayBackend, task_id: str) -> list[SchedulerState]:
+    """[its state] once the task has ended, else []."""
+    state = backend.poll([task_id])[task_id]
+    return [state] if state.status is JobStatus.EXITED else []
+
+
 def test_a_fraction_of_a_gpu_and_extra_resources_reach_ray(tmp_path: Path) -> None:
     backend = RayBackend(
         num_gpus=0.25, resources=["big_mem=1"], runtime_env={"env_vars": {"A": "1"}}
@@ -90,6 +151,7 @@ def test_a_job_that_shares_its_gpu_asks_ray_for_its_share(tmp_path: Path) -> Non
 
 OBSERVER = """
 import json, sys
+from affvx.cluster.base import JobRequest, JobStatus, SchedulerState
 from affvx.cluster.ray import RayBackend
 states = RayBackend().observe(sys.argv[1].split(","), json.loads(sys.argv[2]))
 print(json.dumps({"ray imported": "ray" in sys.modules,
