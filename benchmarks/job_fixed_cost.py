@@ -1,11 +1,12 @@
-"""Per-job fixed cost: what one small job pays besides its training, before and after the
-cuts of issue 14 item 1, and through the warm starter (affvx.cluster.warm).
+"""Per-job fixed cost: what one small job pays besides its training, in a baseline tree and
+in this one (first used for the cuts of issue 14 item 1), and through the warm starter
+(affvx.cluster.warm).
 
 One job of the demo grid -- the demo corpus, fold 0, valence, visual+mfcc+vggish, tcn,
 1 epoch, 1 CPU thread -- is run as the local backend runs it, `python -m
 affvx.orchestrator.worker RUN JOB_ID`, from a clean job directory each time:
 
-    baseline   a plain process of the tree at --baseline-tree (main before the cuts)
+    baseline   a plain process of the tree at --baseline-tree (e.g. main before a change)
     after      a plain process of this tree
     warm       forked by a WarmStarter of this tree (one starter for all repeats; its
                first job, which waits for the server's imports, is reported apart)
@@ -175,6 +176,14 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
+def commit(tree: Path) -> str:
+    """The short commit a tree has checked out."""
+    done = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or str(tree)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-tree", type=Path, required=True)
@@ -223,8 +232,8 @@ def main() -> None:
     base = statistics.median(walls["baseline"])
     rows = [['`python -c "import torch"`', spread(walls["import"]), "", "", ""]]
     for way, label in (
-        ("baseline", "plain process, before the cuts (43a8a32)"),
-        ("after", "plain process, after the cuts"),
+        ("baseline", f"plain process, baseline tree ({commit(args.baseline_tree)})"),
+        ("after", f"plain process, this tree ({commit(TREE)})"),
         ("warm", "forked by the warm starter"),
     ):
         rows.append(
@@ -261,7 +270,7 @@ def main() -> None:
         for key, label in PHASES
     ]
     print()
-    print(markdown_table(["phase (median s)", "before", "after"], phase_rows))
+    print(markdown_table(["phase (median s)", "baseline", "this tree"], phase_rows))
 
 
 if __name__ == "__main__":
