@@ -179,7 +179,10 @@ def spread(values: list[float]) -> str:
 def commit(tree: Path) -> str:
     """The short commit a tree has checked out."""
     done = subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return done.stdout.strip() or str(tree)
 
