@@ -328,11 +328,8 @@ class LocalBackend(Backend):
     def _start_warm_server(self, requests: list[JobRequest]) -> None:
         """With warm_start, a server that imports the module the jobs run (`python -m
         MODULE`), started now so that its imports overlap the launch's own work."""
-        if not self.warm_start or self._starter is not None:
-            return
-        command = requests[0].command if requests else ()
-        if len(command) > 2 and command[1] == "-m":
-            self._starter = WarmStarter([command[2]], python=command[0])
+        if self.warm_start and self._starter is None and requests:
+            self._starter = WarmStarter.for_command(requests[0].command)
 
     def _spawn(
         self,

@@ -32,7 +32,7 @@ import pickle
 import shlex
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from affvx.cluster.base import (
     Backend,
@@ -48,9 +48,7 @@ from affvx.cluster.base import (
 from affvx.cluster.errors import ClusterError
 from affvx.cluster.ray_state import ray_auth_token, task_states
 from affvx.cluster.task import TaskCommand
-
-if TYPE_CHECKING:
-    from affvx.cluster.warm import WarmStarter
+from affvx.cluster.warm import WarmStarter
 
 LOCAL = "127.0.0.1"
 COALESCE_S = 0.2
@@ -86,17 +84,14 @@ def _worker_warm_starter(command: tuple[str, ...]) -> WarmStarter | None:
     started at the worker's first job, kept for the next ones (Ray reuses a worker for the
     driver's tasks), gone with the worker (the server exits when its client does)."""
     global _warm_starter
-    if len(command) < 3 or command[1] != "-m":
-        return None
-    wanted = (command[0], (command[2],))  # (python, modules)
-    starter = _warm_starter
-    if starter is None or not starter.alive or (starter.python, starter.modules) != wanted:
-        if starter is not None:
-            starter.close()
-        from affvx.cluster.warm import WarmStarter
-
-        _warm_starter = starter = WarmStarter([command[2]], python=command[0])
-    return starter
+    if _warm_starter is not None and _warm_starter.forks(command):
+        return _warm_starter
+    replacement = WarmStarter.for_command(command)
+    if replacement is not None:
+        if _warm_starter is not None:
+            _warm_starter.close()
+        _warm_starter = replacement
+    return replacement
 
 
 class RayBackend(Backend):

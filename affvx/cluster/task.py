@@ -191,17 +191,14 @@ def pack_exit_status(codes: list[int]) -> int:
     return EXIT_COMPLETE
 
 
-@contextlib.contextmanager
-def _warm_starter(command: tuple[str, ...]) -> Iterator[WarmStarter | None]:
-    """A warm server for the pack's jobs (`python -m MODULE ...`): torch and the job code
-    are imported once per task, not once per job; None for other commands."""
-    if len(command) < 3 or command[1] != "-m":
-        yield None
-        return
+def _warm_starter(
+    command: tuple[str, ...],
+) -> contextlib.AbstractContextManager[WarmStarter | None]:
+    """A warm server for the pack's jobs (`python -m MODULE ...`), closed on leaving: torch
+    and the job code are imported once per task, not once per job; None for other commands."""
     from affvx.cluster.warm import WarmStarter
 
-    with WarmStarter([command[2]], python=command[0]) as starter:
-        yield starter
+    return WarmStarter.for_command(command) or contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -108,9 +108,28 @@ class WarmStarter:
             )
         self._socket: socket.socket | None = client_end
 
+    @classmethod
+    def for_command(cls, command: Sequence[str]) -> WarmStarter | None:
+        """A starter whose server preloads the module of `command` (`PYTHON -m MODULE ...`,
+        with that interpreter); None for any other command, which it could not fork."""
+        if len(command) < 3 or command[1] != "-m":
+            return None
+        return cls([command[2]], python=command[0])
+
     @property
     def alive(self) -> bool:
         return self._socket is not None
+
+    def forks(self, command: Sequence[str]) -> bool:
+        """Whether `command` is one this starter's server can fork (its interpreter, `-m`, a
+        module it preloaded) while the server lives; the environment is checked per start."""
+        return (
+            self.alive
+            and len(command) >= 3
+            and command[0] == self.python
+            and command[1] == "-m"
+            and command[2] in self.modules
+        )
 
     def start(
         self,
@@ -124,7 +143,7 @@ class WarmStarter:
     ) -> WarmProcess | subprocess.Popen[bytes]:
         """Start `command` forked from the server, else as a plain process."""
         command = [os.fspath(part) for part in command]
-        if self._forkable(command) and _is_open(stdout) and _is_open(stderr):
+        if self.forks(command) and _is_open(stdout) and _is_open(stderr):
             process = self._fork(command, cwd, env, stdout, stderr, cpus)
             if process is not None:
                 return process
@@ -149,15 +168,6 @@ class WarmStarter:
         self.close()
 
     # -- talking to the server ----------------------------------------------------------------
-
-    def _forkable(self, command: list[str]) -> bool:
-        return (
-            self.alive
-            and len(command) >= 3
-            and command[0] == self.python
-            and command[1] == "-m"
-            and command[2] in self.modules
-        )
 
     def _fork(
         self,
